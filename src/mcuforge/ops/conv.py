@@ -1,0 +1,154 @@
+"""conv2d: 2-D convolution over NHWC with groups (depthwise included), stride,
+dilation, explicit padding and a fused clamp. 1-D convolutions are conv2d over
+N,1,L,C tensors.
+
+inputs: x [N,H,W,C], weight [O,KH,KW,C/groups], bias [O] (optional)
+attrs:  stride [sh,sw], dilation [dh,dw], pads [top,bottom,left,right], groups,
+        act_min, act_max
+Integer semantics (TFLite per-channel conv): acc = bias + sum (x - zp_x) * w;
+y = clamp(zp_y + MultiplyByQuantizedMultiplier(acc, M[o], shift[o])), with
+M[o] * 2^shift[o] = s_x * s_w[o] / s_y. Padding contributes zero.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import GraphError
+from ..ir.graph import Graph, Node, QuantParams
+from ..quant.fixedpoint import multiply_by_quantized_multiplier, quantize_multipliers, round_half_away
+from .base import (OpDef, apply_float_activation, conv_out_size, quantized_activation_range,
+                   require_attrs, t_in, t_out)
+
+
+def conv2d_nhwc(x: np.ndarray, w: np.ndarray, stride, dilation, pads, groups: int) -> np.ndarray:
+    """Float64 convolution; exact for integer-valued inputs (sums stay below 2^53)."""
+    n, h, wd, c = x.shape
+    o, kh, kw, cg = w.shape
+    sh, sw = stride
+    dh, dw = dilation
+    pt, pb, pl, pr = pads
+    xp = np.pad(x.astype(np.float64), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    oh = conv_out_size(h, kh, sh, dh, pt, pb)
+    ow = conv_out_size(wd, kw, sw, dw, pl, pr)
+    # Gather patches [N, OH, OW, KH, KW, C] with strided views (no copies until reshape).
+    rows = (np.arange(oh) * sh)[:, None] + np.arange(kh) * dh  # [OH, KH]
+    cols = (np.arange(ow) * sw)[:, None] + np.arange(kw) * dw  # [OW, KW]
+    patches = xp[:, rows[:, None, :, None], cols[None, :, None, :], :]  # [N,OH,OW,KH,KW,C]
+    g = groups
+    og = o // g
+    patches = patches.reshape(n * oh * ow, kh * kw, g, cg).transpose(0, 2, 1, 3).reshape(n * oh * ow, g, kh * kw * cg)
+    wg = w.astype(np.float64).reshape(g, og, kh * kw * cg)
+    y = np.einsum("pgk,gok->pgo", patches, wg, optimize=True)
+    return y.reshape(n, oh, ow, o)
+
+
+class Conv2D(OpDef):
+    name = "conv2d"
+    kernel = "conv"
+    fusable_activation = True
+    num_inputs = (2, 3)
+
+    def infer(self, node: Node, graph: Graph):
+        require_attrs(node, "stride", "dilation", "pads", "groups")
+        x, w = t_in(graph, node, 0), t_in(graph, node, 1)
+        if len(x.shape) != 4 or len(w.shape) != 4:
+            raise GraphError(f"node '{node.name}' (conv2d): input and weight must be rank 4, "
+                             f"got {x.shape} and {w.shape}")
+        n, h, wd, c = x.shape
+        o, kh, kw, cg = w.shape
+        g = int(node.attrs["groups"])
+        if g < 1 or c % g or o % g or c // g != cg:
+            raise GraphError(f"node '{node.name}' (conv2d): {c} input channels, {o} filters of depth "
+                             f"{cg} do not fit groups={g}")
+        if len(node.inputs) == 3 and node.inputs[2] and t_in(graph, node, 2).shape != (o,):
+            raise GraphError(f"node '{node.name}' (conv2d): bias must have shape ({o},)")
+        sh, sw = node.attrs["stride"]
+        dh, dw = node.attrs["dilation"]
+        pt, pb, pl, pr = node.attrs["pads"]
+        if min(sh, sw, dh, dw) < 1 or min(pt, pb, pl, pr) < 0:
+            raise GraphError(f"node '{node.name}' (conv2d): bad stride/dilation/padding {node.attrs}")
+        oh = conv_out_size(h, kh, sh, dh, pt, pb)
+        ow = conv_out_size(wd, kw, sw, dw, pl, pr)
+        if oh < 1 or ow < 1:
+            raise GraphError(f"node '{node.name}' (conv2d): kernel larger than the padded input {x.shape}")
+        return [(n, oh, ow, o)]
+
+    def _core(self, node: Node, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        a = node.attrs
+        return conv2d_nhwc(x, w, a["stride"], a["dilation"], a["pads"], int(a["groups"]))
+
+    def run_float(self, node, graph, xs):
+        y = self._core(node, xs[0], xs[1])
+        if len(xs) > 2 and xs[2] is not None:
+            y = y + xs[2].astype(np.float64)
+        return [apply_float_activation(node, y).astype(np.float32)]
+
+    def requant(self, node: Node, graph: Graph):
+        """Per-output-channel multiplier and shift, and the activation range."""
+        sx, sy = t_in(graph, node, 0).quant.s, t_out(graph, node).quant.s
+        sw = t_in(graph, node, 1).quant.scale.astype(np.float64)
+        o = t_in(graph, node, 1).shape[0]
+        real = np.float64(sx) * np.broadcast_to(sw, (o,)) / np.float64(sy)
+        mult, shift = quantize_multipliers(real)
+        return mult, shift, quantized_activation_range(node, t_out(graph, node).quant)
+
+    def run_int(self, node, graph, xs):
+        zx = t_in(graph, node, 0).quant.zp
+        zy = t_out(graph, node).quant.zp
+        acc = self._core(node, xs[0].astype(np.int64) - zx, xs[1]).astype(np.int64)
+        if len(xs) > 2 and xs[2] is not None:
+            acc = acc + xs[2].astype(np.int64)
+        mult, shift, (lo, hi) = self.requant(node, graph)
+        y = multiply_by_quantized_multiplier(acc, mult, shift) + zy
+        return [np.clip(y, lo, hi).astype(np.int8)]
+
+    def quantize_constants(self, node, graph, options):
+        quantize_weight_and_bias(node, graph, per_channel=True)
+
+    def macs(self, node, graph):
+        n, oh, ow, o = t_out(graph, node).shape
+        _, kh, kw, cg = t_in(graph, node, 1).shape
+        return oh * ow * o * kh * kw * cg
+
+    def emit_c(self, node, graph, ctx):
+        x, w, y = t_in(graph, node, 0), t_in(graph, node, 1), t_out(graph, node)
+        a = node.attrs
+        mult, shift, (lo, hi) = self.requant(node, graph)
+        p = ctx.ident(node.name + "_p")
+        m_id = ctx.array(node.name + "_mult", mult, "int32_t")
+        s_id = ctx.array(node.name + "_shift", shift, "int32_t")
+        bias = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else "NULL"
+        ctx.decl(
+            f"static const mf_conv_params {p} = {{\n"
+            f"  {x.shape[1]}, {x.shape[2]}, {x.shape[3]}, {y.shape[1]}, {y.shape[2]}, {y.shape[3]},\n"
+            f"  {w.shape[1]}, {w.shape[2]}, {a['stride'][0]}, {a['stride'][1]}, "
+            f"{a['dilation'][0]}, {a['dilation'][1]}, {a['pads'][0]}, {a['pads'][2]}, {a['groups']},\n"
+            f"  {-x.quant.zp}, {y.quant.zp}, {lo}, {hi}, {m_id}, {s_id}\n}};"
+        )
+        return f"mf_conv2d_s8(&{p}, {ctx.buf(node.inputs[0])}, {ctx.const(node.inputs[1])}, {bias}, {ctx.buf(node.outputs[0])});"
+
+
+def quantize_weight_and_bias(node: Node, graph: Graph, per_channel: bool) -> None:
+    """Symmetric int8 weights (per output channel or per tensor), int32 bias at s_x * s_w."""
+    wt = graph.tensors[node.inputs[1]]
+    if wt.dtype != "float32":
+        return  # already quantized (imported int8 model)
+    w = wt.data.astype(np.float64)
+    o = w.shape[0]
+    if per_channel:
+        maxabs = np.abs(w.reshape(o, -1)).max(axis=1)
+    else:
+        maxabs = np.full(1, np.abs(w).max())
+    scale = np.where(maxabs > 0, maxabs / 127.0, 1.0).astype(np.float32)
+    wq = QuantParams(scale, np.zeros_like(scale, dtype=np.int64), 0 if per_channel else None)
+    wt.data = wq.quantize(w, "int8")
+    wt.dtype, wt.quant = "int8", wq
+    if len(node.inputs) > 2 and node.inputs[2]:
+        bt = graph.tensors[node.inputs[2]]
+        sx = np.float64(graph.tensors[node.inputs[0]].quant.s)
+        bscale = (sx * scale.astype(np.float64)) * np.ones(o)
+        bq = np.clip(round_half_away(bt.data.astype(np.float64) / bscale), -(2**31), 2**31 - 1)
+        bt.data = bq.astype(np.int32)
+        bt.dtype = "int32"
+        bt.quant = QuantParams(bscale.astype(np.float32), np.zeros(o, np.int64), 0)

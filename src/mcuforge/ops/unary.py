@@ -1,0 +1,82 @@
+"""Elementwise unary ops: clamp (relu, relu6, hardtanh), leaky_relu, sigmoid, tanh.
+
+Integer semantics: one int8 -> int8 table of 256 entries per node,
+table[q] = quantize_y(f(dequantize_x(q))), rounding half away from zero.
+Any int8 elementwise function is exactly a table, so the table is the whole
+specification; sigmoid and tanh use TFLite's fixed output quantization
+(1/256, -128) and (1/128, 0). clamp nodes are normally fused into their producer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir.graph import QuantParams
+from .base import OpDef, t_in, t_out
+
+
+class _Unary(OpDef):
+    kernel = "unary"
+    inplace = True
+
+    def fn(self, node, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def infer(self, node, graph):
+        return [t_in(graph, node).shape]
+
+    def run_float(self, node, graph, xs):
+        return [self.fn(node, xs[0].astype(np.float64)).astype(np.float32)]
+
+    def table(self, node, graph) -> np.ndarray:
+        qx, qy = t_in(graph, node).quant, t_out(graph, node).quant
+        q = np.arange(-128, 128, dtype=np.int64)
+        real = (q - qx.zp) * np.float64(qx.s)
+        return qy.quantize(self.fn(node, real))
+
+    def run_int(self, node, graph, xs):
+        return [self.table(node, graph)[xs[0].astype(np.int64) + 128]]
+
+    def emit_c(self, node, graph, ctx):
+        lut = ctx.array(node.name + "_lut", self.table(node, graph), "int8_t")
+        n = t_in(graph, node).size
+        return f"mf_lut_s8({ctx.buf(node.inputs[0])}, {ctx.buf(node.outputs[0])}, {n}, {lut});"
+
+
+class Clamp(_Unary):
+    """min/max may be None (unbounded): relu = clamp(0, None), relu6 = clamp(0, 6)."""
+
+    name = "clamp"
+
+    def fn(self, node, x):
+        lo, hi = node.attrs.get("min"), node.attrs.get("max")
+        return np.clip(x, -np.inf if lo is None else lo, np.inf if hi is None else hi)
+
+
+class LeakyRelu(_Unary):
+    name = "leaky_relu"
+
+    def fn(self, node, x):
+        return np.where(x >= 0, x, x * float(node.attrs.get("alpha", 0.01)))
+
+
+class Sigmoid(_Unary):
+    name = "sigmoid"
+
+    def fn(self, node, x):
+        return 1.0 / (1.0 + np.exp(-x))
+
+    def output_quant(self, node, graph, observed):
+        return QuantParams.per_tensor(1.0 / 256, -128)
+
+
+class Tanh(_Unary):
+    name = "tanh"
+
+    def fn(self, node, x):
+        return np.tanh(x)
+
+    def output_quant(self, node, graph, observed):
+        return QuantParams.per_tensor(1.0 / 128, 0)
+
+

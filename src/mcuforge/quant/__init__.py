@@ -1,0 +1,1 @@
+"""Quantization: fixed-point arithmetic, calibration and post-training quantization."""
