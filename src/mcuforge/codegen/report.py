@@ -1,0 +1,104 @@
+"""report.json and report.md: per-layer costs, totals and the memory plan."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .. import __version__
+from ..ir.graph import Graph
+from ..ops import get_op
+from .context import CodegenContext
+from .planner import MemoryPlan
+
+
+def layer_rows(graph: Graph) -> list[dict]:
+    rows = []
+    for n in graph.nodes:
+        consts = [graph.tensors[t] for t in n.inputs if t and graph.tensors[t].is_const]
+        acts = [graph.tensors[t] for t in n.inputs if t and not graph.tensors[t].is_const]
+        out = graph.tensors[n.outputs[0]]
+        rows.append({
+            "name": n.name, "op": n.op,
+            "input_shapes": [list(t.shape) for t in acts], "output_shape": list(out.shape),
+            "macs": int(get_op(n.op).macs(n, graph)),
+            "params": int(sum(t.size for t in consts)),
+            "weight_bytes": int(sum(t.nbytes for t in consts)),
+            "activation_bytes": int(sum(t.nbytes for t in acts) + out.nbytes),
+            "output_bytes": int(out.nbytes),
+            "output_quant": ({"scale": out.quant.s, "zero_point": out.quant.zp} if out.quant else None),
+        })
+    return rows
+
+
+def build_report(graph: Graph, plan: MemoryPlan, ctx: CodegenContext, prefix: str,
+                 extra: dict | None = None) -> dict:
+    layers = layer_rows(graph)
+    return {
+        "mcuforge_version": __version__, "model": graph.name, "prefix": prefix,
+        "layers": layers,
+        "totals": {
+            "layers": len(layers),
+            "macs": sum(r["macs"] for r in layers),
+            "params": sum(r["params"] for r in layers),
+            "weight_bytes": sum(r["weight_bytes"] for r in layers),
+            "const_bytes": ctx.const_bytes,
+        },
+        "memory": {
+            "arena_bytes": plan.arena_size,
+            "unplanned_bytes": plan.naive_size,
+            "inplace_layers": plan.inplace,
+            "tensors": {t: {"offset": off, "bytes": graph.tensors[t].nbytes} for t, off in plan.offsets.items()},
+        },
+        "inputs": [{"name": t, "shape": list(graph.tensors[t].shape), "scale": graph.tensors[t].quant.s,
+                    "zero_point": graph.tensors[t].quant.zp} for t in graph.inputs],
+        "outputs": [{"name": t, "shape": list(graph.tensors[t].shape), "scale": graph.tensors[t].quant.s,
+                     "zero_point": graph.tensors[t].quant.zp} for t in graph.outputs],
+        "quantization": graph.meta.get("quantization", {}),
+        **(extra or {}),
+    }
+
+
+def _shape(s) -> str:
+    return "x".join(map(str, s))
+
+
+def render_markdown(report: dict) -> str:
+    t, m = report["totals"], report["memory"]
+    lines = [
+        f"# {report['model']}: mcuforge deployment report",
+        "",
+        f"{t['layers']} layers, {t['macs']:,} MACs, {t['params']:,} parameters.",
+        "",
+        "| # | layer | op | input | output | MACs | params | weight B | activation B |",
+        "|--:|---|---|---|---|--:|--:|--:|--:|",
+    ]
+    for i, r in enumerate(report["layers"]):
+        ins = ", ".join(_shape(s) for s in r["input_shapes"])
+        lines.append(f"| {i} | {r['name']} | {r['op']} | {ins} | {_shape(r['output_shape'])} | {r['macs']:,} | "
+                     f"{r['params']:,} | {r['weight_bytes']:,} | {r['activation_bytes']:,} |")
+    lines.append(f"| | **total** | | | | **{t['macs']:,}** | **{t['params']:,}** | **{t['weight_bytes']:,}** | |")
+    lines += [
+        "",
+        "## Memory",
+        "",
+        "| what | bytes |",
+        "|---|--:|",
+        f"| activation arena (RAM, planned peak) | {m['arena_bytes']:,} |",
+        f"| activations without planning | {m['unplanned_bytes']:,} |",
+        f"| weights, biases, tables, layer parameters (flash) | {t['const_bytes']:,} |",
+        "",
+        f"In-place layers: {', '.join(m['inplace_layers']) or 'none'}.",
+        "",
+    ]
+    q = report.get("quantization") or {}
+    if q:
+        lines.append(f"Quantization: {q.get('scheme')}, calibration '{q.get('method')}' on "
+                     f"{q.get('calibration_samples')} samples.")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, out: Path) -> None:
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "report.md").write_text(render_markdown(report))

@@ -1,0 +1,1 @@
+"""Targets that run a generated library: the numpy reference and the host C compiler."""

@@ -1,0 +1,138 @@
+"""Build a generated library with the system C compiler and run a batch in one process.
+
+The runner reads all samples from a binary file (the int8 inputs of each sample
+one after another), invokes the model once per sample and writes the int8
+outputs likewise. Builds are cached per source hash (see cache_dir()), so
+repeated runs do not recompile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, ToolchainError
+from ..codegen.emit import load_report
+
+CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-O2"]
+SANITIZE_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", "-g", "-fno-omit-frame-pointer",
+                  "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+
+RUNNER_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "{prefix}.h"
+
+int main(int argc, char **argv) {{
+    FILE *fin, *fout;
+    long n, i;
+    int j;
+    if (argc != 4) {{ fprintf(stderr, "usage: runner IN OUT N\n"); return 2; }}
+    fin = fopen(argv[1], "rb");
+    fout = fopen(argv[2], "wb");
+    n = atol(argv[3]);
+    if (!fin || !fout) {{ fprintf(stderr, "cannot open files\n"); return 2; }}
+    {prefix}_init();
+    for (i = 0; i < n; ++i) {{
+        for (j = 0; j < {PREFIX}_NUM_INPUTS; ++j) {{
+            size_t size = (size_t){prefix}_input_info(j)->size;
+            if (fread({prefix}_input(j), 1, size, fin) != size) {{ fprintf(stderr, "short input\n"); return 3; }}
+        }}
+        {prefix}_invoke();
+        for (j = 0; j < {PREFIX}_NUM_OUTPUTS; ++j) {{
+            size_t size = (size_t){prefix}_output_info(j)->size;
+            if (fwrite({prefix}_output(j), 1, size, fout) != size) {{ fprintf(stderr, "short write\n"); return 3; }}
+        }}
+    }}
+    fclose(fin);
+    fclose(fout);
+    return 0;
+}}
+"""
+
+
+def find_compiler() -> str:
+    cc = os.environ.get("CC", "cc")
+    path = shutil.which(cc) or shutil.which("gcc")
+    if path is None:
+        raise ToolchainError(f"no C compiler found ('{cc}'): install gcc (apt-get install gcc) or set CC")
+    return path
+
+
+def cache_dir() -> Path:
+    """Where compiled runners are kept (MCUFORGE_CACHE, else ~/.cache/mcuforge)."""
+    base = os.environ.get("MCUFORGE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mcuforge")
+    return Path(base)
+
+
+def build_runner(lib_dir: str | Path, sanitize: bool = False) -> Path:
+    lib_dir = Path(lib_dir)
+    report = load_report(lib_dir)
+    prefix = report["prefix"]
+    sources = sorted(p for p in lib_dir.glob("*.c"))
+    headers = sorted(lib_dir.glob("*.h"))
+    runner_src = RUNNER_C.format(prefix=prefix, PREFIX=prefix.upper())
+    flags = SANITIZE_FLAGS if sanitize else CFLAGS
+    cc = find_compiler()
+    h = hashlib.sha256(runner_src.encode() + " ".join([cc] + flags).encode())
+    for p in sources + headers:
+        h.update(p.name.encode() + p.read_bytes())
+    build = cache_dir() / "host"
+    exe = build / f"runner-{h.hexdigest()[:16]}"
+    if exe.exists():
+        return exe
+    build.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=build) as tmp:
+        main_c = Path(tmp) / "runner_main.c"
+        main_c.write_text(runner_src)
+        out = Path(tmp) / "runner"
+        cmd = [cc, *flags, "-I", str(lib_dir), *map(str, sources), str(main_c), "-o", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ToolchainError(f"host build failed ({' '.join(cmd[:1] + flags)}):\n{proc.stderr.strip()}")
+        os.replace(out, exe)
+    return exe
+
+
+def run_host(lib_dir: str | Path, inputs: list[np.ndarray], sanitize: bool = False,
+             timeout: float = 600) -> list[np.ndarray]:
+    """Run int8 inputs (each [N, ...]) through the compiled library; returns int8 outputs [N, ...]."""
+    lib_dir = Path(lib_dir)
+    report = load_report(lib_dir)
+    if len(inputs) != len(report["inputs"]):
+        raise InputError(f"the model takes {len(report['inputs'])} input(s), got {len(inputs)}")
+    n = inputs[0].shape[0]
+    for x, info in zip(inputs, report["inputs"]):
+        if x.dtype != np.int8 or tuple(x.shape[1:]) != tuple(info["shape"][1:]) or x.shape[0] != n:
+            raise InputError(f"input '{info['name']}' must be int8 of shape (N, "
+                             f"{', '.join(map(str, info['shape'][1:]))}), got {x.dtype} {x.shape}")
+    exe = build_runner(lib_dir, sanitize)
+    with tempfile.TemporaryDirectory() as tmp:
+        fin, fout = Path(tmp) / "in.bin", Path(tmp) / "out.bin"
+        per_sample = [x.reshape(n, -1) for x in inputs]
+        np.concatenate(per_sample, axis=1).tofile(fin)
+        env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
+        try:
+            proc = subprocess.run([str(exe), str(fin), str(fout), str(n)], capture_output=True, text=True,
+                                  timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            raise ToolchainError(f"host run timed out after {timeout} s") from None
+        if proc.returncode != 0:
+            raise ToolchainError(f"host run failed (exit {proc.returncode}):\n{proc.stderr.strip()[-4000:]}")
+        if sanitize and proc.stderr.strip():
+            raise ToolchainError(f"sanitizer reported problems:\n{proc.stderr.strip()[-4000:]}")
+        raw = np.fromfile(fout, dtype=np.int8)
+    sizes = [int(np.prod(o["shape"][1:])) for o in report["outputs"]]
+    raw = raw.reshape(n, sum(sizes))
+    outs, start = [], 0
+    for size, info in zip(sizes, report["outputs"]):
+        outs.append(raw[:, start:start + size].reshape((n,) + tuple(info["shape"][1:])))
+        start += size
+    return outs
