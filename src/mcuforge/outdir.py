@@ -20,6 +20,10 @@ from .errors import OutputDirError
 MARKER = ".mcuforge"
 
 
+def mark_complete(path: Path) -> None:
+    (path / MARKER).write_text("written by mcuforge; the directory is complete\n")
+
+
 @contextlib.contextmanager
 def staged_output_dir(path: str | Path) -> Iterator[Path]:
     dest = Path(path)
@@ -36,7 +40,7 @@ def staged_output_dir(path: str | Path) -> Iterator[Path]:
         raise OutputDirError(f"cannot write output directory '{dest}': {exc.strerror or exc}") from None
     try:
         yield staging
-        (staging / MARKER).write_text("written by mcuforge; the directory is complete\n")
+        mark_complete(staging)
         old = None
         if dest.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=parent))

@@ -20,7 +20,7 @@ from ..errors import GraphError
 from ..ir.graph import Graph
 from ..ir.serialize import save_graph
 from ..ops import get_op
-from ..outdir import staged_output_dir
+from ..outdir import mark_complete, staged_output_dir
 from .context import CodegenContext, c_identifier
 from .planner import MemoryPlan, plan_memory
 from .report import build_report, write_report
@@ -100,6 +100,7 @@ def write_library(graph: Graph, out: Path, prefix: str = "model", extra_report: 
     save_graph(graph, out / "model.mcf")
     report = build_report(graph, plan, ctx, prefix=c_identifier(prefix), extra=extra_report)
     write_report(report, out)
+    mark_complete(out)
     return report
 
 

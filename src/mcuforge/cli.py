@@ -1,0 +1,226 @@
+"""The `mcuforge` command."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import McuforgeError
+
+app = typer.Typer(
+    help="mcuforge: from a neural network to a bit-exact int8 C library for microcontrollers.",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+
+class Method(str, Enum):
+    minmax = "minmax"
+    percentile = "percentile"
+    mse = "mse"
+
+
+class RunTarget(str, Enum):
+    reference = "reference"
+    host = "host"
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"mcuforge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    _state["debug"] = debug
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err_console, transient=True)
+
+
+def _load_npy(path: Path, what: str) -> np.ndarray:
+    from .errors import InputError
+
+    if not path.is_file():
+        raise InputError(f"{what} file '{path}' does not exist")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as exc:  # numpy raises several types for bad files
+        raise InputError(f"{what} file '{path}' is not a readable .npy array ({exc})") from None
+
+
+def memory_table(report: dict) -> Table:
+    t, m = report["totals"], report["memory"]
+    table = Table(title="memory", show_header=True, header_style="bold")
+    table.add_column("what")
+    table.add_column("bytes", justify="right")
+    table.add_row("activation arena (RAM, planned peak)", f"{m['arena_bytes']:,}")
+    table.add_row("activations without planning", f"{m['unplanned_bytes']:,}")
+    table.add_row("weights + biases", f"{t['weight_bytes']:,}")
+    table.add_row("all constants incl. layer parameters (flash)", f"{t['const_bytes']:,}")
+    return table
+
+
+def layers_table(rows: list[dict], title: str) -> Table:
+    table = Table(title=title, header_style="bold")
+    for col, just in (("#", "right"), ("layer", "left"), ("op", "left"), ("input", "left"), ("output", "left"),
+                      ("quant (out)", "left"), ("MACs", "right"), ("params", "right")):
+        table.add_column(col, justify=just)
+    shape = lambda s: "x".join(map(str, s))  # noqa: E731
+    for i, r in enumerate(rows):
+        q = r.get("output_quant")
+        qtxt = f"{q['scale']:.4g} / {q['zero_point']}" if q else "float"
+        table.add_row(str(i), r["name"], r["op"], ", ".join(shape(s) for s in r["input_shapes"]),
+                      shape(r["output_shape"]), qtxt, f"{r['macs']:,}", f"{r['params']:,}")
+    table.add_row("", "[bold]total[/]", "", "", "", "", f"[bold]{sum(r['macs'] for r in rows):,}[/]",
+                  f"[bold]{sum(r['params'] for r in rows):,}[/]")
+    return table
+
+
+def quantize_with_progress(graph, calib, method: str, percentile: float):
+    from .quant.ptq import quantize
+
+    with _progress() as progress:
+        task = progress.add_task("calibrating", total=int(calib[0].shape[0]))
+        return quantize(graph, calib, method=method, percentile=percentile,
+                        progress=lambda done, total: progress.update(task, completed=done))
+
+
+@app.command()
+def deploy(
+    model: Path = typer.Argument(..., help="Model file: .pt2 (torch.export), .mcf (mcuforge graph)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output directory for the C library."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration inputs (.npy, N samples in the "
+                                         "model's input layout) for float models."),
+    method: Method = typer.Option(Method.minmax, "--method", help="Calibration range: min/max, percentile, or "
+                                  "the clipping with least quantization error (mse)."),
+    percentile: float = typer.Option(99.99, "--percentile", help="Percentile for --method percentile."),
+    name: str = typer.Option("model", "--name", help="C identifier prefix of the generated API."),
+) -> None:
+    """Quantize a model and generate a self-contained C99 library."""
+    from .codegen import generate
+    from .errors import QuantizationError
+    from .frontends import load_model, to_ir_layout
+
+    graph = load_model(model)
+    if not graph.is_quantized:
+        if calib is None:
+            raise QuantizationError(f"'{model}' is a float model: give calibration data with --calib X.npy "
+                                    f"(a few hundred representative inputs, shape (N, ...) as the model takes them)")
+        x = _load_npy(calib, "calibration")
+        if x.dtype.kind not in "fiu":
+            raise QuantizationError(f"calibration data must be numeric, got dtype {x.dtype}")
+        graph = quantize_with_progress(graph, [to_ir_layout(graph, graph.inputs[0], x.astype(np.float32))],
+                                       method.value, percentile)
+    report = generate(graph, out, prefix=name)
+    console.print(layers_table(report["layers"], f"{graph.name}: {len(report['layers'])} layers"))
+    console.print(memory_table(report))
+    console.print(f"[green]wrote[/] {out}/ ({name}.h, {name}.c, kernels, Makefile, CMakeLists.txt, report.md)")
+
+
+@app.command()
+def run(
+    lib: Path = typer.Argument(..., help="Directory written by `mcuforge deploy`."),
+    input: Path = typer.Option(..., "--input", help="Inputs .npy: float32 (quantized with the model's input "
+                               "parameters) or int8 (taken as is), shape (N, ...)."),
+    output: Path = typer.Option(..., "--output", help="Where to write the outputs (.npy)."),
+    target: RunTarget = typer.Option(RunTarget.reference, "--target", help="reference: numpy integer "
+                                     "reference; host: the generated C compiled with the system compiler."),
+    dequantize: bool = typer.Option(False, "--dequantize", help="Write float32 outputs instead of int8."),
+) -> None:
+    """Run a deployed library on a batch of inputs."""
+    from .errors import InputError
+    from .runner import load_library, run_library
+
+    graph = load_library(lib)
+    x = _load_npy(input, "input")
+    if len(graph.outputs) != 1:
+        raise InputError("this model has several outputs; `mcuforge run` handles one-output models")
+    y = run_library(lib, graph, x, target.value, dequantize)
+    try:
+        np.save(output, y)
+    except OSError as exc:
+        raise InputError(f"cannot write '{output}': {exc.strerror or exc}") from None
+    console.print(f"[green]wrote[/] {output}: {y.dtype} {tuple(y.shape)} ({target.value})")
+
+
+@app.command()
+def inspect(model: Path = typer.Argument(..., help="A .pt2 or .mcf model, or a deployed directory.")) -> None:
+    """Show a model's layers: ops, shapes, quantization, MACs and parameters."""
+    from .codegen.report import layer_rows
+    from .frontends import load_model
+    from .runner import load_library
+
+    graph = load_library(model) if model.is_dir() else load_model(model)
+    rows = layer_rows(graph)
+    kind = "int8" if graph.is_quantized else "float"
+    console.print(layers_table(rows, f"{graph.name} ({kind}): {len(rows)} layers"))
+    for name in graph.inputs:
+        t = graph.tensors[name]
+        console.print(f"input  {name}: {t.dtype} {t.shape}" + (f" scale {t.quant.s:.6g} zp {t.quant.zp}" if t.quant else ""))
+    for name in graph.outputs:
+        t = graph.tensors[name]
+        console.print(f"output {name}: {t.dtype} {t.shape}" + (f" scale {t.quant.s:.6g} zp {t.quant.zp}" if t.quant else ""))
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("out/demo"), "-o", "--out", help="Output directory."),
+    epochs: int = typer.Option(40, "--epochs", min=1, help="Training epochs."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (data split, initialisation)."),
+) -> None:
+    """Train a small CNN on sklearn's digits, deploy it as C, and check C against the reference."""
+    from .demo import run_demo
+
+    run_demo(out, epochs=epochs, seed=seed, console=console)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except McuforgeError as exc:
+        if _state["debug"]:
+            traceback.print_exc()
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("[red]interrupted[/]")
+        sys.exit(130)
+    except Exception as exc:  # click's usage errors and genuine bugs
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        if _state["debug"]:
+            traceback.print_exc()
+        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
+                          "(run with --debug for the traceback)", highlight=False)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()
