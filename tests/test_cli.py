@@ -1,0 +1,159 @@
+"""The `mcuforge` command as a user meets it: outputs, error messages, exit codes, output directories."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mcuforge import cli
+from mcuforge.ir import load_graph, save_graph
+
+
+def mcuforge(capsys, *args: str) -> tuple[int, str, str]:
+    old = sys.argv
+    sys.argv = ["mcuforge", *map(str, args)]
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = old
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def float_model(tmp_path, small_cnn, calib_nhwc):
+    save_graph(small_cnn, tmp_path / "cnn.mcf")
+    np.save(tmp_path / "calib.npy", calib_nhwc)
+    return tmp_path / "cnn.mcf", tmp_path / "calib.npy"
+
+
+def no_leftovers(parent: Path) -> bool:
+    """No staging folders of a failed or finished job remain."""
+    return not [p for p in parent.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+
+
+def test_deploy_run_reference_and_host_agree(tmp_path, capsys, float_model):
+    model, calib = float_model
+    lib = tmp_path / "lib"
+    code, out, err = mcuforge(capsys, "deploy", model, "--calib", calib, "-o", lib)
+    assert code == 0, err
+    for name in ("model.h", "model.c", "mf_conv.c", "mf_kernels.h", "Makefile", "CMakeLists.txt",
+                 "report.json", "report.md", "model.mcf", ".mcuforge"):
+        assert (lib / name).is_file(), name
+    assert "arena" in out and "fully_connected" in out
+    report = json.loads((lib / "report.json").read_text())
+    assert report["totals"]["macs"] == 8 * 8 * 6 * 3 * 3 * 2 + 6 * 4
+    x = np.random.default_rng(5).normal(size=(20, 8, 8, 2)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    for target in ("reference", "host"):
+        code, out, err = mcuforge(capsys, "run", lib, "--input", tmp_path / "x.npy", "--output",
+                                  tmp_path / f"y_{target}.npy", "--target", target)
+        assert code == 0, err
+    y_ref, y_host = np.load(tmp_path / "y_reference.npy"), np.load(tmp_path / "y_host.npy")
+    assert y_ref.dtype == np.int8 and y_ref.shape == (20, 4)
+    np.testing.assert_array_equal(y_ref, y_host)
+    # int8 inputs are taken as they are; --dequantize gives probabilities
+    xq = load_graph(lib / "model.mcf").tensors["x"].quant.quantize(x)
+    np.save(tmp_path / "xq.npy", xq)
+    code, _, err = mcuforge(capsys, "run", lib, "--input", tmp_path / "xq.npy", "--output", tmp_path / "p.npy",
+                            "--target", "host", "--dequantize")
+    assert code == 0, err
+    p = np.load(tmp_path / "p.npy")
+    assert p.dtype == np.float32
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=0.05)
+    np.testing.assert_array_equal(np.argmax(p, 1), np.argmax(y_ref, 1))
+
+
+def test_deploy_without_calibration_fails_and_writes_nothing(tmp_path, capsys, float_model):
+    model, _ = float_model
+    code, out, err = mcuforge(capsys, "deploy", model, "-o", tmp_path / "lib")
+    assert code != 0
+    assert "--calib" in err and "float model" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "lib").exists() and no_leftovers(tmp_path)
+
+
+def test_bad_calibration_shape_leaves_no_directory(tmp_path, capsys, float_model):
+    model, _ = float_model
+    np.save(tmp_path / "bad.npy", np.zeros((4, 3, 3), np.float32))
+    code, _, err = mcuforge(capsys, "deploy", model, "--calib", tmp_path / "bad.npy", "-o", tmp_path / "lib")
+    assert code != 0 and "calibration" in err and "shape" in err
+    assert not (tmp_path / "lib").exists() and no_leftovers(tmp_path)
+
+
+def test_corrupt_and_missing_model_files(tmp_path, capsys):
+    bad = tmp_path / "bad.mcf"
+    bad.write_bytes(np.random.default_rng(0).bytes(300))
+    code, _, err = mcuforge(capsys, "deploy", bad, "-o", tmp_path / "lib")
+    assert code != 0 and "corrupt" in err and "bad.mcf" in err
+    code, _, err = mcuforge(capsys, "inspect", tmp_path / "nope.mcf")
+    assert code != 0 and "no such file" in err
+    odd = tmp_path / "model.h5"
+    odd.write_text("x")
+    code, _, err = mcuforge(capsys, "deploy", odd, "-o", tmp_path / "lib")
+    assert code != 0 and ".pt2" in err
+    assert not (tmp_path / "lib").exists()
+
+
+def test_unsupported_op_names_node_and_op(tmp_path, capsys, small_cnn):
+    small_cnn.nodes[1].op = "gelu"
+    save_graph(small_cnn, tmp_path / "g.mcf")
+    code, _, err = mcuforge(capsys, "inspect", tmp_path / "g.mcf")
+    assert code != 0 and "'pool'" in err and "gelu" in err
+
+
+def test_wrong_input_shape_and_dtype(tmp_path, capsys, float_model):
+    model, calib = float_model
+    lib = tmp_path / "lib"
+    assert mcuforge(capsys, "deploy", model, "--calib", calib, "-o", lib)[0] == 0
+    np.save(tmp_path / "x.npy", np.zeros((3, 8, 8, 3), np.float32))
+    code, _, err = mcuforge(capsys, "run", lib, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy")
+    assert code != 0 and "must have shape (N, 8, 8, 2)" in err and "(3, 8, 8, 3)" in err
+    np.save(tmp_path / "x.npy", np.zeros((3, 8, 8, 2), np.int32))
+    code, _, err = mcuforge(capsys, "run", lib, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy")
+    assert code != 0 and "int8" in err and "int32" in err
+    assert not (tmp_path / "y.npy").exists()
+
+
+def test_unwritable_and_foreign_output_directories(tmp_path, capsys, float_model):
+    model, calib = float_model
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a directory")
+    code, _, err = mcuforge(capsys, "deploy", model, "--calib", calib, "-o", blocker / "lib")
+    assert code != 0 and "cannot write output directory" in err
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    code, _, err = mcuforge(capsys, "deploy", model, "--calib", calib, "-o", foreign)
+    assert code != 0 and "not written by mcuforge" in err
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_redeploy_replaces_previous_output(tmp_path, capsys, float_model):
+    model, calib = float_model
+    lib = tmp_path / "lib"
+    assert mcuforge(capsys, "deploy", model, "--calib", calib, "-o", lib)[0] == 0
+    (lib / "stale.c").write_text("int stale;")
+    assert mcuforge(capsys, "deploy", model, "--calib", calib, "-o", lib, "--name", "net")[0] == 0
+    assert not (lib / "stale.c").exists() and (lib / "net.h").is_file() and not (lib / "model.h").exists()
+    assert no_leftovers(tmp_path)
+
+
+def test_bad_option_is_a_usage_error(tmp_path, capsys, float_model):
+    model, calib = float_model
+    code, _, err = mcuforge(capsys, "deploy", model, "--calib", calib, "-o", tmp_path / "l", "--method", "magic")
+    assert code == 2 and "magic" in err
+    code, _, err = mcuforge(capsys, "run", tmp_path / "missing", "--input", calib, "--output", tmp_path / "y.npy")
+    assert code != 0 and "not a directory written by `mcuforge deploy`" in err
+
+
+def test_debug_shows_traceback(tmp_path, capsys):
+    code, _, err = mcuforge(capsys, "--debug", "inspect", tmp_path / "nope.mcf")
+    assert code != 0 and "Traceback" in err
