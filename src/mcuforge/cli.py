@@ -20,8 +20,9 @@ app = typer.Typer(
     help="mcuforge: from a neural network to a bit-exact int8 C library for microcontrollers.",
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (CI logs, files) gets a width that keeps the layer table on one line per layer.
+console = Console(width=None if Console().is_terminal else 130)
+err_console = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 130)
 _state = {"debug": False}
 
 
@@ -83,12 +84,12 @@ def memory_table(report: dict) -> Table:
 def layers_table(rows: list[dict], title: str) -> Table:
     table = Table(title=title, header_style="bold")
     for col, just in (("#", "right"), ("layer", "left"), ("op", "left"), ("input", "left"), ("output", "left"),
-                      ("quant (out)", "left"), ("MACs", "right"), ("params", "right")):
+                      ("out scale, zp", "left"), ("MACs", "right"), ("params", "right")):
         table.add_column(col, justify=just)
     shape = lambda s: "x".join(map(str, s))  # noqa: E731
     for i, r in enumerate(rows):
         q = r.get("output_quant")
-        qtxt = f"{q['scale']:.4g} / {q['zero_point']}" if q else "float"
+        qtxt = f"{q['scale']:.4g}, {q['zero_point']}" if q else "float"
         table.add_row(str(i), r["name"], r["op"], ", ".join(shape(s) for s in r["input_shapes"]),
                       shape(r["output_shape"]), qtxt, f"{r['macs']:,}", f"{r['params']:,}")
     table.add_row("", "[bold]total[/]", "", "", "", "", f"[bold]{sum(r['macs'] for r in rows):,}[/]",
@@ -195,30 +196,22 @@ def demo(
 
 
 def main() -> None:
+    """Entry point: usage errors are typer's (exit 2); our errors print one line (exit 1)."""
     try:
-        app(standalone_mode=False)
+        app()
     except McuforgeError as exc:
         if _state["debug"]:
             traceback.print_exc()
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/]")
         sys.exit(130)
-    except Exception as exc:  # click's usage errors and genuine bugs
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
+    except Exception as exc:  # a bug in mcuforge: say so, briefly
         if _state["debug"]:
             traceback.print_exc()
         err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
-                          "(run with --debug for the traceback)", highlight=False)
+                          "(run with --debug for the traceback)", highlight=False, soft_wrap=True)
         sys.exit(3)
 
 
