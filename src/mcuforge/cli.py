@@ -186,7 +186,7 @@ def inspect(model: Path = typer.Argument(..., help="A .pt2 or .mcf model, or a d
 @app.command()
 def demo(
     out: Path = typer.Option(Path("out/demo"), "-o", "--out", help="Output directory."),
-    epochs: int = typer.Option(40, "--epochs", min=1, help="Training epochs."),
+    epochs: int = typer.Option(20, "--epochs", min=1, help="Training epochs."),
     seed: int = typer.Option(0, "--seed", help="Random seed (data split, initialisation)."),
 ) -> None:
     """Train a small CNN on sklearn's digits, deploy it as C, and check C against the reference."""

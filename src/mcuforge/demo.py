@@ -65,7 +65,7 @@ def train_classifier(model, x: np.ndarray, y: np.ndarray, epochs: int, seed: int
     return model.eval()
 
 
-def run_demo(out: Path, epochs: int = 40, seed: int = 0, console: Console | None = None) -> dict:
+def run_demo(out: Path, epochs: int = 20, seed: int = 0, console: Console | None = None) -> dict:
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
