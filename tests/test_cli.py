@@ -157,3 +157,53 @@ def test_bad_option_is_a_usage_error(tmp_path, capsys, float_model):
 def test_debug_shows_traceback(tmp_path, capsys):
     code, _, err = mcuforge(capsys, "--debug", "inspect", tmp_path / "nope.mcf")
     assert code != 0 and "Traceback" in err
+
+
+def _export(tmp_path, module, shape):
+    import torch
+
+    ep = torch.export.export(module.eval(), (torch.zeros(shape),))
+    path = tmp_path / "m.pt2"
+    torch.export.save(ep, path)
+    return path
+
+
+def test_pt2_unsupported_op_and_corrupt_file(tmp_path, capsys):
+    import torch.nn as nn
+
+    path = _export(tmp_path, nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 2)), (1, 4))
+    np.save(tmp_path / "c.npy", np.zeros((8, 4), np.float32))
+    code, _, err = mcuforge(capsys, "deploy", path, "--calib", tmp_path / "c.npy", "-o", tmp_path / "lib")
+    assert code != 0 and "gelu" in err and "Traceback" not in err
+    assert not (tmp_path / "lib").exists()
+    bad = tmp_path / "bad.pt2"
+    bad.write_bytes(b"PK\x03\x04" + np.random.default_rng(0).bytes(200))
+    code, _, err = mcuforge(capsys, "deploy", bad, "--calib", tmp_path / "c.npy", "-o", tmp_path / "lib")
+    assert code != 0 and "bad.pt2" in err and "Traceback" not in err
+
+
+def test_pt2_deploy_takes_torch_layout(tmp_path, capsys):
+    """Calibration and run inputs are NCHW as torch takes them; outputs match torch's argmax."""
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(8 * 6 * 6, 5)).eval()
+    path = _export(tmp_path, net, (1, 3, 6, 6))
+    x = torch.randn(200, 3, 6, 6)
+    np.save(tmp_path / "x.npy", x.numpy())
+    code, out, err = mcuforge(capsys, "deploy", path, "--calib", tmp_path / "x.npy", "-o", tmp_path / "lib",
+                              "--method", "mse")
+    assert code == 0, err
+    code, _, err = mcuforge(capsys, "run", tmp_path / "lib", "--input", tmp_path / "x.npy", "--output",
+                            tmp_path / "y.npy", "--target", "host", "--dequantize")
+    assert code == 0, err
+    y = np.load(tmp_path / "y.npy")
+    with torch.no_grad():
+        ref = net(x).numpy()
+    assert y.shape == ref.shape
+    assert np.mean(np.argmax(y, 1) == np.argmax(ref, 1)) > 0.9
+    assert np.abs(y - ref).max() < 0.1 * np.abs(ref).max()
+    code, out, _ = mcuforge(capsys, "inspect", path)
+    assert code == 0 and "conv2d" in out and "float" in out

@@ -61,7 +61,7 @@ def train_classifier(model, x: np.ndarray, y: np.ndarray, epochs: int, seed: int
             opt.step()
         sched.step()
         if progress is not None:
-            progress(epoch + 1, float(loss))
+            progress(epoch + 1, loss.item())
     return model.eval()
 
 

@@ -24,6 +24,9 @@ torch layout maps to the IR tensor (see ``mcuforge.frontends.to_ir_layout``).
 
 from __future__ import annotations
 
+import logging
+import zipfile
+
 import operator
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,11 +73,19 @@ def load_pt2(path: str | Path) -> Graph:
         raise ModelFormatError(f"model file '{path}' does not exist")
     if not path.is_file():
         raise ModelFormatError(f"model file '{path}' is not a file")
+    if not zipfile.is_zipfile(path):
+        raise ModelFormatError(f"'{path}' is not a readable torch.export program (.pt2): not a zip archive")
+    # torch logs its own traceback before raising; the user gets our one-line error instead.
+    export_log = logging.getLogger("torch.export")
+    level = export_log.level
+    export_log.setLevel(logging.CRITICAL)
     try:
         ep = torch.export.load(str(path))
     except Exception as exc:  # zip errors, unpickling errors, version mismatches...
         raise ModelFormatError(f"'{path}' is not a readable torch.export program (.pt2): "
                                f"{type(exc).__name__}: {exc}") from None
+    finally:
+        export_log.setLevel(level)
     return from_exported(ep, name=path.stem)
 
 
