@@ -25,9 +25,8 @@ torch layout maps to the IR tensor (see ``mcuforge.frontends.to_ir_layout``).
 from __future__ import annotations
 
 import logging
-import zipfile
-
 import operator
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
