@@ -608,6 +608,30 @@ def _tanh(cv, node):
     return _unary(cv, node, "tanh")
 
 
+@_handles("aten.abs.default", "aten.abs_.default", elementwise=True)
+def _abs(cv, node):
+    return _unary(cv, node, "abs")
+
+
+@_handles("aten.log.default", elementwise=True)
+def _log(cv, node):
+    """log(|x| + eps) with a constant eps > 0 (log compression) becomes one log_abs table;
+    the abs and add it reads are left unused and pruned."""
+    src = node.args[0]
+    if (isinstance(src, torch.fx.Node) and _target_name(src) in ("aten.add.Tensor", "aten.add.Scalar")
+            and len(src.users) == 1 and isinstance(src.args[0], torch.fx.Node)
+            and _target_name(src.args[0]) == "aten.abs.default" and len(src.args[0].users) == 1):
+        eps = cv._resolve(src.args[1]) if len(src.args) > 1 else None
+        alpha = src.kwargs.get("alpha", 1)
+        if isinstance(eps, torch.Tensor) and eps.numel() == 1:
+            eps = float(eps)
+        if isinstance(eps, (int, float)) and eps * alpha > 0:
+            x = cv.act(node, cv._resolve(src.args[0].args[0]))
+            return cv.emit("log_abs", [x.name], x.tshape, x.layout, node.name, eps=float(eps * alpha))
+    raise cv.fail(node, "log is supported only as log(abs(x) + eps) with a constant eps > 0 "
+                        "(log compression), which becomes an int8 table")
+
+
 # Composite activations, built from IR ops (MobileNetV3 / EfficientNet heads).
 @_handles("aten.silu.default", "aten.silu_.default", elementwise=True)
 def _silu(cv, node):

@@ -10,12 +10,12 @@ from .dense import FullyConnected
 from .layout import Concat, Reshape, Transpose
 from .pool import AvgPool2D, MaxPool2D
 from .softmax import Softmax
-from .unary import Clamp, LeakyRelu, Sigmoid, Tanh
+from .unary import Abs, Clamp, LeakyRelu, LogAbs, Sigmoid, Tanh
 
 OPS: dict[str, OpDef] = {
     op.name: op
     for op in (Conv2D(), FullyConnected(), AvgPool2D(), MaxPool2D(), Add(), Mul(), Clamp(), LeakyRelu(),
-               Sigmoid(), Tanh(), Softmax(), Reshape(), Transpose(), Concat())
+               Sigmoid(), Tanh(), Abs(), LogAbs(), Softmax(), Reshape(), Transpose(), Concat())
 }
 
 

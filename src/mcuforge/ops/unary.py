@@ -1,4 +1,5 @@
-"""Elementwise unary ops: clamp (relu, relu6, hardtanh), leaky_relu, sigmoid, tanh.
+"""Elementwise unary ops: clamp (relu, relu6, hardtanh), leaky_relu, sigmoid, tanh,
+abs, log_abs (log(|x| + eps): the log compression of raw-audio front ends).
 
 Integer semantics: one int8 -> int8 table of 256 entries per node,
 table[q] = quantize_y(f(dequantize_x(q))), rounding half away from zero.
@@ -80,3 +81,27 @@ class Tanh(_Unary):
         return QuantParams.per_tensor(1.0 / 128, 0)
 
 
+
+
+class Abs(_Unary):
+    name = "abs"
+
+    def fn(self, node, x):
+        return np.abs(x)
+
+
+class LogAbs(_Unary):
+    """y = log(|x| + eps), eps > 0 (attr): SincConv-style log compression as one table."""
+
+    name = "log_abs"
+
+    def check(self, node, graph):
+        super().check(node, graph)
+        eps = node.attrs.get("eps")
+        if eps is None or not float(eps) > 0:
+            from ..errors import GraphError
+
+            raise GraphError(f"node '{node.name}' (log_abs): attribute eps must be > 0, got {eps}")
+
+    def fn(self, node, x):
+        return np.log(np.abs(x) + float(node.attrs["eps"]))
