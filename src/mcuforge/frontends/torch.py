@@ -37,6 +37,7 @@ import torch
 from ..errors import ModelFormatError, UnsupportedOpError
 from ..ir.graph import Graph, Tensor
 from ..passes import BATCH_NORM, optimize
+from ._layout import Act as _Act, GraphBuilder, Layout as _Layout, ints as _ints
 
 __all__ = ["from_torch", "from_exported", "load_pt2"]
 
@@ -89,56 +90,6 @@ def load_pt2(path: str | Path) -> Graph:
 
 
 # --- values ---------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Layout:
-    """How a torch value's elements sit in its IR tensor:
-    ir = torch_value.permute(perm), then (expand) a unit axis inserted at 1."""
-
-    perm: tuple[int, ...]
-    expand: bool = False  # 3-D signals: N,L,C -> N,1,L,C so that 1-D ops are 2-D ops
-
-    @staticmethod
-    def plain(rank: int) -> "_Layout":
-        return _Layout(tuple(range(rank)))
-
-    @staticmethod
-    def channel_last(rank: int) -> "_Layout":
-        if rank == 4:
-            return _Layout((0, 2, 3, 1))
-        if rank == 3:
-            return _Layout((0, 2, 1), True)
-        return _Layout.plain(rank)
-
-    def permuted_shape(self, tshape) -> tuple[int, ...]:
-        return tuple(tshape[p] for p in self.perm)
-
-    def ir_shape(self, tshape) -> tuple[int, ...]:
-        s = self.permuted_shape(tshape)
-        return s[:1] + (1,) + s[1:] if self.expand else s
-
-    def ir_axis(self, dim: int) -> int:
-        pos = self.perm.index(dim)
-        return pos + 1 if self.expand and pos >= 1 else pos
-
-    def to_ir(self, array: np.ndarray) -> np.ndarray:
-        """A full-rank constant in torch layout -> IR layout."""
-        y = np.transpose(array, self.perm)
-        return y[:, None] if self.expand else y
-
-
-@dataclass(frozen=True)
-class _Act:
-    """An activation: IR tensor `name` holds the torch value of shape `tshape` (batch 1)."""
-
-    name: str
-    tshape: tuple[int, ...]
-    layout: _Layout
-
-    @property
-    def rank(self) -> int:
-        return len(self.tshape)
-
 
 @dataclass(frozen=True)
 class _Unavailable:
@@ -214,10 +165,10 @@ def _supported_summary() -> str:
 
 # --- the converter --------------------------------------------------------------------------------
 
-class _Converter:
+class _Converter(GraphBuilder):
     def __init__(self, ep: torch.export.ExportedProgram, name: str) -> None:
+        super().__init__(name)
         self.ep = ep
-        self.g = Graph(name)
         self.env: dict[torch.fx.Node, Any] = {}
         self.batch: Any = None  # the exported program's batch size (int or SymInt)
 
@@ -236,7 +187,7 @@ class _Converter:
             if spec.kind == InputKind.USER_INPUT:
                 act = self._graph_input(node)
                 self.env[node] = act
-                io[act.name] = self._io_entry(act)
+                io[act.name] = self.io_entry(act)
             elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
                 self.env[node] = self._lifted_constant(spec.target)
             elif spec.kind == InputKind.TOKEN:
@@ -261,7 +212,7 @@ class _Converter:
             if spec.kind != OutputKind.USER_OUTPUT:
                 continue  # buffer mutations (only in training-mode exports, rejected elsewhere)
             act = self._graph_output(value)
-            io[act.name] = self._io_entry(act)
+            io[act.name] = self.io_entry(act)
         if not self.g.outputs:
             raise UnsupportedOpError("the model has no tensor outputs")
         self.g.meta["io"] = io
@@ -377,59 +328,6 @@ class _Converter:
             rest.append(int(d))
         return (1, *rest)
 
-    # -- graph building ----------------------------------------------------------------------
-    def emit(self, op: str, inputs: list[str], tshape, layout: _Layout, base: str, **attrs) -> _Act:
-        out = self.g.unique_name(base)
-        self.g.add_tensor(Tensor(out, layout.ir_shape(tshape)))
-        self.g.add_node(op, inputs, [out], name=out + "_op", **attrs)
-        return _Act(out, tuple(tshape), layout)
-
-    def add_const(self, base: str, data: np.ndarray) -> str:
-        return self.g.add_const(base, np.ascontiguousarray(data, np.float32))
-
-    def relayout(self, a: _Act, target: _Layout, base: str) -> _Act:
-        """The same torch value in another IR layout (transpose/reshape nodes)."""
-        if a.layout == target:
-            return a
-        cur = a
-        permuted = a.layout.permuted_shape(a.tshape)
-        if a.layout.expand:  # drop the unit H axis
-            cur = self._reshape_ir(cur, permuted, _Layout(a.layout.perm), base)
-        inv = np.argsort(a.layout.perm)
-        r = [int(inv[p]) for p in target.perm]
-        if r != sorted(r):
-            out = self.g.unique_name(base + "_t")
-            self.g.add_tensor(Tensor(out, target.permuted_shape(a.tshape)))
-            self.g.add_node("transpose", [cur.name], [out], name=out + "_op", perm=r)
-            cur = _Act(out, a.tshape, _Layout(target.perm))
-        if target.expand:
-            cur = self._reshape_ir(cur, target.ir_shape(a.tshape), target, base)
-        return _Act(cur.name, a.tshape, target)
-
-    def _reshape_ir(self, a: _Act, ir_shape, layout: _Layout, base: str) -> _Act:
-        out = self.g.unique_name(base + "_r")
-        self.g.add_tensor(Tensor(out, tuple(ir_shape)))
-        self.g.add_node("reshape", [a.name], [out], name=out + "_op", shape=list(ir_shape))
-        return _Act(out, a.tshape, layout)
-
-    def to_channel_last(self, node: torch.fx.Node, a: _Act) -> _Act:
-        if a.rank not in (3, 4):
-            raise self.fail(node, f"needs a 3-D (N,C,L) or 4-D (N,C,H,W) input, got rank {a.rank}")
-        return self.relayout(a, _Layout.channel_last(a.rank), node.name)
-
-    def to_plain(self, node: torch.fx.Node, a: _Act) -> _Act:
-        return self.relayout(a, _Layout.plain(a.rank), node.name)
-
-    def const_operand(self, node: torch.fx.Node, a: _Act, c: np.ndarray) -> str:
-        """A constant broadcast against activation `a` (torch broadcasting), in a's IR layout."""
-        if c.ndim > a.rank:
-            raise self.fail(node, f"a constant of shape {c.shape} broadcasts beyond the activation "
-                                  f"{a.tshape}")
-        full = c.reshape((1,) * (a.rank - c.ndim) + c.shape)
-        if full.shape[0] != 1:
-            raise self.fail(node, f"a constant of shape {c.shape} varies along the batch dimension")
-        return self.add_const(node.name + "_const", a.layout.to_ir(full))
-
     # -- graph inputs and outputs ------------------------------------------------------------------
     def _graph_input(self, node: torch.fx.Node) -> _Act:
         val = node.meta.get("val")
@@ -466,14 +364,9 @@ class _Converter:
                                      "(a constant or non-tensor output)")
         if v.name in self.g.inputs or v.name in self.g.outputs:
             # An output must be a tensor of its own: copy (a reshape to the same shape).
-            v = self._reshape_ir(v, self.g.tensors[v.name].shape, v.layout, v.name + "_out")
+            v = self.reshape_ir(v, self.g.tensors[v.name].shape, v.layout, v.name + "_out")
         self.g.outputs.append(v.name)
         return v
-
-    @staticmethod
-    def _io_entry(a: _Act) -> dict:
-        return {"torch_shape": list(a.tshape), "perm": list(a.layout.perm),
-                "ir_shape": list(a.layout.ir_shape(a.tshape))}
 
     def _lifted_constant(self, target: str) -> torch.Tensor:
         # copies: folding in-place ops on constants must not alter the caller's program
@@ -504,19 +397,6 @@ def _known(d) -> bool:
         return True
     except Exception:
         return False
-
-
-def _ints(v, n: int, name: str) -> list[int]:
-    """An int or a list of ints (length 1 broadcasts) as a list of length n."""
-    if isinstance(v, (list, tuple)):
-        v = [int(x) for x in v]
-        if len(v) == 1:
-            v = v * n
-    else:
-        v = [int(v)] * n
-    if len(v) != n:
-        raise UnsupportedOpError(f"{name} {v} should have {n} values")
-    return v
 
 
 # --- handlers: identity and elementwise ---------------------------------------------------------------
@@ -670,15 +550,7 @@ def _hardswish(cv, node):
 # --- handlers: binary -----------------------------------------------------------------------------------
 
 def _unify(cv: _Converter, node, acts: list[_Act]) -> list[_Act]:
-    """Bring activations into one layout: the first non-plain one where ranks agree
-    (channel-last data stays channel-last), torch order otherwise."""
-    if len({a.layout for a in acts}) == 1:
-        return acts
-    if len({a.rank for a in acts}) == 1:
-        target = next((a.layout for a in acts if a.layout != _Layout.plain(a.rank)), acts[0].layout)
-    else:
-        target = None
-    return [cv.relayout(a, target or _Layout.plain(a.rank), node.name) for a in acts]
+    return cv.unify(node, acts)
 
 
 def _binary(cv: _Converter, node, op: str, a: Any, b: Any) -> _Act:
