@@ -8,14 +8,18 @@ from .binary import Add, Mul
 from .conv import Conv2D
 from .dense import FullyConnected
 from .layout import Concat, Reshape, Transpose
+from .pad import Pad
 from .pool import AvgPool2D, MaxPool2D
+from .quantize import Quantize
+from .reduce import Mean
 from .softmax import Softmax
 from .unary import Abs, Clamp, LeakyRelu, LogAbs, Sigmoid, Tanh
 
 OPS: dict[str, OpDef] = {
     op.name: op
     for op in (Conv2D(), FullyConnected(), AvgPool2D(), MaxPool2D(), Add(), Mul(), Clamp(), LeakyRelu(),
-               Sigmoid(), Tanh(), Abs(), LogAbs(), Softmax(), Reshape(), Transpose(), Concat())
+               Sigmoid(), Tanh(), Abs(), LogAbs(), Softmax(), Reshape(), Transpose(), Concat(),
+               Pad(), Mean(), Quantize())
 }
 
 

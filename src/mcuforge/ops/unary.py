@@ -4,8 +4,11 @@ abs, log_abs (log(|x| + eps): the log compression of raw-audio front ends).
 Integer semantics: one int8 -> int8 table of 256 entries per node,
 table[q] = quantize_y(f(dequantize_x(q))), rounding half away from zero.
 Any int8 elementwise function is exactly a table, so the table is the whole
-specification; sigmoid and tanh use TFLite's fixed output quantization
-(1/256, -128) and (1/128, 0). clamp nodes are normally fused into their producer.
+specification. With attr ``table_method: "tflm"`` (imported TFLite models) the
+table is instead computed with TFLite Micro's integer kernel for the op
+(quant/tflm_tables.py: gemmlowp fixed-point logistic/tanh, ReLU requantization).
+sigmoid and tanh use TFLite's fixed output quantization (1/256, -128) and
+(1/128, 0). clamp nodes are normally fused into their producer.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ class _Unary(OpDef):
 
     def table(self, node, graph) -> np.ndarray:
         qx, qy = t_in(graph, node).quant, t_out(graph, node).quant
+        if node.attrs.get("table_method", "float") == "tflm":  # imported TFLite: TFLM's integer kernel
+            from ..quant.tflm_tables import tflm_table
+
+            return tflm_table(node.op, node.attrs, qx, qy)
         q = np.arange(-128, 128, dtype=np.int64)
         real = (q - qx.zp) * np.float64(qx.s)
         return qy.quantize(self.fn(node, real))

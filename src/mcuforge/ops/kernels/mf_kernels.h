@@ -46,6 +46,19 @@ typedef struct {
     int32_t perm[4];
 } mf_transpose_params;
 
+typedef struct {
+    int32_t in_shape[4], out_shape[4]; /* padded to rank 4 */
+    int32_t before[4];                 /* elements added before each dimension */
+    int32_t value;                     /* the int8 padding value */
+} mf_pad_params;
+
+typedef struct {
+    int32_t in_shape[4];
+    int32_t reduce[4];  /* 1 where the axis is averaged */
+    int32_t mode;       /* 0 spatial, 1 same quantization, 2 requantizing (ops/reduce.py) */
+    int32_t count, in_zp, out_zp, mult, shift;
+} mf_mean_params;
+
 void mf_conv2d_s8(const mf_conv_params *p, const int8_t *in, const int8_t *w,
                   const int32_t *bias, int8_t *out);
 void mf_fc_s8(const mf_fc_params *p, const int8_t *in, const int8_t *w,
@@ -61,6 +74,8 @@ void mf_transpose_s8(const mf_transpose_params *p, const int8_t *in, int8_t *out
 void mf_concat_part_s8(const int8_t *in, int8_t *out, int32_t outer, int32_t inner,
                        int32_t out_inner, int32_t offset, int32_t requantize,
                        int32_t in_offset, int32_t out_offset, int32_t mult, int32_t shift);
+void mf_pad_s8(const mf_pad_params *p, const int8_t *in, int8_t *out);
+void mf_mean_s8(const mf_mean_params *p, const int8_t *in, int8_t *out);
 
 #ifdef __cplusplus
 }
