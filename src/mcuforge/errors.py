@@ -33,3 +33,11 @@ class OutputDirError(McuforgeError):
 
 class ToolchainError(McuforgeError):
     """A compiler or emulator is missing or failed."""
+
+
+class DatasetError(McuforgeError):
+    """A data set is unknown, or its local files are missing or malformed."""
+
+
+class DoesNotFitError(McuforgeError):
+    """The model does not fit the target's RAM or flash."""
