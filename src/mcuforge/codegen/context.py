@@ -7,6 +7,7 @@ import re
 import numpy as np
 
 from ..ir.graph import Graph
+from ..targets.table import GENERIC, Target
 from .planner import MemoryPlan
 
 CTYPES = {"int8": "int8_t", "int16": "int16_t", "int32": "int32_t"}
@@ -24,8 +25,12 @@ def c_initializer(values, per_line: int = 20) -> str:
 
 
 class CodegenContext:
-    def __init__(self, graph: Graph, plan: MemoryPlan, prefix: str) -> None:
+    """State of one generation; `target` (a targets.table.Target, GENERIC when none was named) lets
+    emitters choose kernel variants, e.g. `if ctx.target.has_dsp: ...`."""
+
+    def __init__(self, graph: Graph, plan: MemoryPlan, prefix: str, target: Target | None = None) -> None:
         self.graph, self.plan, self.prefix = graph, plan, prefix
+        self.target = target or GENERIC
         self.decls: list[str] = []
         self.const_bytes = 0  # flash taken by weights, tables and layer parameters
         self._idents: set[str] = set()

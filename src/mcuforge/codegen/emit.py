@@ -21,6 +21,7 @@ from ..ir.graph import Graph
 from ..ir.serialize import save_graph
 from ..ops import get_op
 from ..outdir import mark_complete, staged_output_dir
+from ..targets.table import GENERIC, Target
 from .context import CodegenContext, c_identifier
 from .planner import MemoryPlan, plan_memory
 from .report import build_report, write_report
@@ -50,8 +51,11 @@ def _io_info(graph: Graph, names: list[str], plan: MemoryPlan) -> list[dict]:
     return out
 
 
-def render_sources(graph: Graph, prefix: str = "model") -> tuple[dict[str, str], MemoryPlan, CodegenContext]:
-    """The generated text files by name (without copied kernels), the plan and the context."""
+def render_sources(graph: Graph, prefix: str = "model",
+                   target: Target | None = None) -> tuple[dict[str, str], MemoryPlan, CodegenContext]:
+    """The generated text files by name (without copied kernels), the plan and the context.
+
+    `target` (default: GENERIC, portable C) is what op emitters see as `ctx.target`."""
     if not graph.is_quantized:
         raise GraphError(f"graph '{graph.name}' is not quantized: quantize it (calibration data) before "
                          "generating C")
@@ -61,7 +65,7 @@ def render_sources(graph: Graph, prefix: str = "model") -> tuple[dict[str, str],
             raise GraphError(f"graph input/output '{name}' must be int8, is {graph.tensors[name].dtype}")
     prefix = c_identifier(prefix)
     plan = plan_memory(graph)
-    ctx = CodegenContext(graph, plan, prefix)
+    ctx = CodegenContext(graph, plan, prefix, target)
     layers = []
     for node in graph.nodes:
         code = get_op(node.op, node).emit_c(node, graph, ctx)
@@ -90,24 +94,27 @@ def kernel_sources(graph: Graph) -> list[str]:
     return [f"mf_{s}.c" for s in stems]
 
 
-def write_library(graph: Graph, out: Path, prefix: str = "model", extra_report: dict | None = None) -> dict:
-    """Write the library into an existing directory `out`; returns the report."""
-    files, plan, ctx = render_sources(graph, prefix)
+def write_library(graph: Graph, out: Path, prefix: str = "model", extra_report: dict | None = None,
+                  target: Target | None = None) -> dict:
+    """Write the library into an existing directory `out`; returns the report (which records the target)."""
+    files, plan, ctx = render_sources(graph, prefix, target)
     for name, text in files.items():
         (out / name).write_text(text)
     for name in list(COMMON_HEADERS) + kernel_sources(graph):
         shutil.copyfile(KERNEL_DIR / name, out / name)
     save_graph(graph, out / "model.mcf")
-    report = build_report(graph, plan, ctx, prefix=c_identifier(prefix), extra=extra_report)
+    extra = {"target": (target or GENERIC).to_json(), **(extra_report or {})}
+    report = build_report(graph, plan, ctx, prefix=c_identifier(prefix), extra=extra)
     write_report(report, out)
     mark_complete(out)
     return report
 
 
-def generate(graph: Graph, out_dir: str | Path, prefix: str = "model", extra_report: dict | None = None) -> dict:
-    """Write the C library atomically into `out_dir`; returns the report."""
+def generate(graph: Graph, out_dir: str | Path, prefix: str = "model", extra_report: dict | None = None,
+             target: Target | None = None) -> dict:
+    """Write the C library atomically into `out_dir` for `target` (default: portable C); returns the report."""
     with staged_output_dir(out_dir) as staging:
-        return write_library(graph, staging, prefix, extra_report)
+        return write_library(graph, staging, prefix, extra_report, target)
 
 
 def load_report(lib_dir: str | Path) -> dict:

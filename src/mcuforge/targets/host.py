@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, ToolchainError
+from ..errors import ToolchainError
 from ..codegen.emit import load_report
+from .batch import check_inputs, read_outputs, write_inputs
 
 CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-O2"]
 SANITIZE_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", "-g", "-fno-omit-frame-pointer",
@@ -106,18 +107,11 @@ def run_host(lib_dir: str | Path, inputs: list[np.ndarray], sanitize: bool = Fal
     """Run int8 inputs (each [N, ...]) through the compiled library; returns int8 outputs [N, ...]."""
     lib_dir = Path(lib_dir)
     report = load_report(lib_dir)
-    if len(inputs) != len(report["inputs"]):
-        raise InputError(f"the model takes {len(report['inputs'])} input(s), got {len(inputs)}")
-    n = inputs[0].shape[0]
-    for x, info in zip(inputs, report["inputs"]):
-        if x.dtype != np.int8 or tuple(x.shape[1:]) != tuple(info["shape"][1:]) or x.shape[0] != n:
-            raise InputError(f"input '{info['name']}' must be int8 of shape (N, "
-                             f"{', '.join(map(str, info['shape'][1:]))}), got {x.dtype} {x.shape}")
+    n = check_inputs(report, inputs)
     exe = build_runner(lib_dir, sanitize)
     with tempfile.TemporaryDirectory() as tmp:
         fin, fout = Path(tmp) / "in.bin", Path(tmp) / "out.bin"
-        per_sample = [x.reshape(n, -1) for x in inputs]
-        np.concatenate(per_sample, axis=1).tofile(fin)
+        write_inputs(inputs, fin)
         env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
         try:
             proc = subprocess.run([str(exe), str(fin), str(fout), str(n)], capture_output=True, text=True,
@@ -128,11 +122,4 @@ def run_host(lib_dir: str | Path, inputs: list[np.ndarray], sanitize: bool = Fal
             raise ToolchainError(f"host run failed (exit {proc.returncode}):\n{proc.stderr.strip()[-4000:]}")
         if sanitize and proc.stderr.strip():
             raise ToolchainError(f"sanitizer reported problems:\n{proc.stderr.strip()[-4000:]}")
-        raw = np.fromfile(fout, dtype=np.int8)
-    sizes = [int(np.prod(o["shape"][1:])) for o in report["outputs"]]
-    raw = raw.reshape(n, sum(sizes))
-    outs, start = [], 0
-    for size, info in zip(sizes, report["outputs"]):
-        outs.append(raw[:, start:start + size].reshape((n,) + tuple(info["shape"][1:])))
-        start += size
-    return outs
+        return read_outputs(report, fout, n, "host runner")
