@@ -195,6 +195,40 @@ def demo(
     run_demo(out, epochs=epochs, seed=seed, console=console)
 
 
+class Preset(str, Enum):
+    tiny = "tiny"
+    small = "small"
+    full = "full"
+
+
+@app.command()
+def train(
+    model: str = typer.Argument(..., help="Zoo model (`mcuforge zoo` lists them)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Data set (default: the model's)."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output directory (default out/MODEL)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Training epochs (default: per preset)."),
+    preset: Preset = typer.Option(Preset.small, "--preset", help="Data set size and default epochs."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Local folder of a real data set "
+                                        "(speech_commands, mitbih, motor_csv, mnist, cifar10)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (data, initialisation, shuffling)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop after this many steps."),
+    deploy_too: bool = typer.Option(False, "--deploy", help="Also quantize, generate OUT/lib and report int8 "
+                                    "metrics (C checked against the reference)."),
+) -> None:
+    """Train a zoo model; writes model.pt, model.pt2 (for `mcuforge deploy`), calib.npy, metrics.json."""
+    from .zoo.cli import run_train
+
+    run_train(model, data, out, epochs, preset.value, root, seed, max_steps, deploy_too, console, err_console)
+
+
+@app.command()
+def zoo() -> None:
+    """List the zoo's models and the data sets."""
+    from .zoo.cli import print_zoo
+
+    print_zoo(console)
+
+
 def main() -> None:
     """Entry point: usage errors are typer's (exit 2); our errors print one line (exit 1)."""
     try:

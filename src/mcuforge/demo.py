@@ -42,27 +42,10 @@ def digits_cnn():
 
 def train_classifier(model, x: np.ndarray, y: np.ndarray, epochs: int, seed: int, progress=None,
                      lr: float = 3e-3, batch: int = 64):
-    import torch
+    """Cross-entropy training with the zoo's loop (mcuforge.zoo.trainer.fit)."""
+    from .zoo.trainer import fit
 
-    torch.manual_seed(seed)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    gen = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        model.train()
-        perm = torch.randperm(len(xt), generator=gen)
-        for i in range(0, len(xt), batch):
-            idx = perm[i:i + batch]
-            opt.zero_grad()
-            loss = loss_fn(model(xt[idx]), yt[idx])
-            loss.backward()
-            opt.step()
-        sched.step()
-        if progress is not None:
-            progress(epoch + 1, loss.item())
-    return model.eval()
+    return fit(model, x, y, "ce", epochs, seed, lr=lr, batch=batch, progress=progress)
 
 
 def run_demo(out: Path, epochs: int = 20, seed: int = 0, console: Console | None = None) -> dict:
