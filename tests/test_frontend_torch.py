@@ -447,7 +447,7 @@ def test_load_pt2_errors(tmp_path):
         load_pt2(bad)
     with pytest.raises(ModelFormatError, match="missing.pt2.*does not exist"):
         load_model(tmp_path / "missing.pt2")
-    with pytest.raises(ModelFormatError, match="not available yet"):
+    with pytest.raises(ModelFormatError, match="m.onnx.*does not exist"):
         load_model(tmp_path / "m.onnx")
     with pytest.raises(ModelFormatError, match=r"\.pt2"):
         load_model(tmp_path / "m.h5")

@@ -207,7 +207,8 @@ def _fold_transpose_into_fc(graph: Graph, reshape: Node) -> bool:
         w = _const_data(graph, fc.inputs[1])
         w_new = np.empty_like(w)
         w_new[:, idx] = w
-        fc.inputs[1] = graph.add_const(fc.name + "_weight_perm", w_new)
+        # a column permutation keeps per-output-channel quantization (imported QDQ weights)
+        fc.inputs[1] = graph.add_const(fc.name + "_weight_perm", w_new, quant=graph.tensors[fc.inputs[1]].quant)
     reshape.inputs[0] = x
     return True
 

@@ -21,7 +21,7 @@ from ..errors import InputError, ModelFormatError
 from ..ir.graph import Graph
 
 # suffix -> importer name; None: the format is known but its importer is not written yet
-FORMATS = {".pt2": "torch.export program", ".mcf": "mcuforge graph", ".onnx": None, ".tflite": None}
+FORMATS = {".pt2": "torch.export program", ".mcf": "mcuforge graph", ".onnx": "ONNX model", ".tflite": None}
 
 
 def load_model(path: str | Path) -> Graph:
@@ -36,6 +36,10 @@ def load_model(path: str | Path) -> Graph:
         from ..ir import load_graph
 
         return load_graph(path)
+    if suffix == ".onnx":
+        from .onnx import load_onnx
+
+        return load_onnx(path)
     accepted = ", ".join(f"{s} ({d})" for s, d in FORMATS.items() if d)
     if suffix in FORMATS:
         raise ModelFormatError(f"'{path}': the {suffix} importer is not available yet; "
