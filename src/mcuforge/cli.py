@@ -108,7 +108,7 @@ def quantize_with_progress(graph, calib, method: str, percentile: float):
 
 @app.command()
 def deploy(
-    model: Path = typer.Argument(..., help="Model file: .pt2 (torch.export), .mcf (mcuforge graph)."),
+    model: Path = typer.Argument(..., help="Model file: .pt2 (torch.export), .onnx, .mcf (mcuforge graph)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output directory for the C library."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration inputs (.npy, N samples in the "
                                          "model's input layout) for float models."),
@@ -165,7 +165,7 @@ def run(
 
 
 @app.command()
-def inspect(model: Path = typer.Argument(..., help="A .pt2 or .mcf model, or a deployed directory.")) -> None:
+def inspect(model: Path = typer.Argument(..., help="A .pt2, .onnx or .mcf model, or a deployed directory.")) -> None:
     """Show a model's layers: ops, shapes, quantization, MACs and parameters."""
     from .codegen.report import layer_rows
     from .frontends import load_model
