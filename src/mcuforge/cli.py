@@ -165,7 +165,8 @@ def run(
 
 
 @app.command()
-def inspect(model: Path = typer.Argument(..., help="A .pt2, .onnx or .mcf model, or a deployed directory.")) -> None:
+def inspect(model: Path = typer.Argument(..., help="A .pt2, .onnx, .tflite or .mcf model, or a deployed "
+                                          "directory.")) -> None:
     """Show a model's layers: ops, shapes, quantization, MACs and parameters."""
     from .codegen.report import layer_rows
     from .frontends import load_model
@@ -181,6 +182,37 @@ def inspect(model: Path = typer.Argument(..., help="A .pt2, .onnx or .mcf model,
     for name in graph.outputs:
         t = graph.tensors[name]
         console.print(f"output {name}: {t.dtype} {t.shape}" + (f" scale {t.quant.s:.6g} zp {t.quant.zp}" if t.quant else ""))
+
+
+class ExportFormat(str, Enum):
+    tflite = "tflite"
+
+
+@app.command()
+def export(
+    model: Path = typer.Argument(..., help="A deployed directory, or a quantized model (.mcf, .tflite, "
+                                 "quantized .onnx)."),
+    format: ExportFormat = typer.Option(ExportFormat.tflite, "--format", help="Output format."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output file (.tflite)."),
+) -> None:
+    """Write a quantized mcuforge graph as an int8 .tflite file that TFLite Micro runs."""
+    from .errors import InputError
+    from .export import to_tflite_bytes
+    from .frontends import load_model
+    from .runner import load_library
+
+    graph = load_library(model) if model.is_dir() else load_model(model)
+    if not graph.is_quantized:
+        from .errors import QuantizationError
+
+        raise QuantizationError(f"'{model}' is a float model: deploy it first (mcuforge deploy MODEL --calib X.npy "
+                                "-o DIR) and export the deployed directory")
+    data = to_tflite_bytes(graph)
+    try:
+        out.write_bytes(data)
+    except OSError as exc:
+        raise InputError(f"cannot write '{out}': {exc.strerror or exc}") from None
+    console.print(f"[green]wrote[/] {out}: {len(data):,} bytes, {len(graph.nodes)} layers ({format.value})")
 
 
 @app.command()

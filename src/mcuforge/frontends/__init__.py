@@ -21,7 +21,8 @@ from ..errors import InputError, ModelFormatError
 from ..ir.graph import Graph
 
 # suffix -> importer name; None: the format is known but its importer is not written yet
-FORMATS = {".pt2": "torch.export program", ".mcf": "mcuforge graph", ".onnx": "ONNX model", ".tflite": None}
+FORMATS = {".pt2": "torch.export program", ".mcf": "mcuforge graph", ".onnx": "ONNX model",
+           ".tflite": "TFLite int8 flatbuffer"}
 
 
 def load_model(path: str | Path) -> Graph:
@@ -40,6 +41,10 @@ def load_model(path: str | Path) -> Graph:
         from .onnx import load_onnx
 
         return load_onnx(path)
+    if suffix == ".tflite":
+        from .tflite import load_tflite
+
+        return load_tflite(path)
     accepted = ", ".join(f"{s} ({d})" for s, d in FORMATS.items() if d)
     if suffix in FORMATS:
         raise ModelFormatError(f"'{path}': the {suffix} importer is not available yet; "

@@ -1,20 +1,11 @@
-"""mean over axes (TFLite MEAN), int8 with TFLite Micro's integer semantics.
+"""mean over axes (TFLite MEAN), int8 with TensorFlow Lite Micro's integer semantics.
 
 inputs: x (rank <= 4); attrs: axes (list of axes, never the batch axis 0),
-keepdims (bool). Integer semantics follow TFLM's reduce kernel, which picks one
-of three algorithms (n = number of elements averaged, S = sum of raw int8 values):
-
-* ``spatial`` -- rank 4, keepdims, axes {1, 2} (reference_integer_ops::Mean):
-  acc = MBQM(S - n zp_x, M(s_x / s_y)); acc = acc / n rounded half away from zero;
-  y = clamp(zp_y + acc).
-* ``same_quant`` -- otherwise, input and output quantized alike (reference_ops::Mean):
-  y = S / n truncated toward zero (C integer division).
-* ``requant`` -- otherwise (reference_ops::QuantizedMeanOrSum): with (M, e) = M(s_x / s_y),
-  k = min(floor(log2 n), 32, 31 + e), M' = (M 2^k) / n truncated, e' = e - k;
-  y = clamp(zp_y + MBQM(S - zp_x n, M', e')).
-
-The algorithm is derived from shapes, attributes and quantization (``mean_mode``),
-so the integer reference and the C kernel cannot disagree on it.
+keepdims (bool). Integer semantics: TFLM's int8 MEAN (reference_ops::QuantizedMeanOrSum,
+which TFLM uses for every int8 MEAN): with n the number of elements averaged,
+S the sum of the raw int8 values and (M, e) = QuantizeMultiplier(s_x / s_y),
+k = min(floor(log2 n), 32, 31 + e), M' = floor(M 2^k / n), e' = e - k:
+y = clamp(zp_y + MBQM(S - zp_x n, M', e')).
 """
 
 from __future__ import annotations
@@ -25,8 +16,6 @@ from ..errors import GraphError
 from ..quant.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
 from .base import OpDef, require_attrs, shape4, t_in, t_out
 
-MODES = {"spatial": 0, "same_quant": 1, "requant": 2}
-
 
 def _axes(node, rank: int) -> list[int]:
     axes = sorted({int(a) % rank for a in node.attrs["axes"]}) if rank else []
@@ -36,28 +25,14 @@ def _axes(node, rank: int) -> list[int]:
     return axes
 
 
-def mean_mode(node, graph) -> str:
+def mean_params(node, graph) -> tuple[int, int, int]:
+    """(multiplier, shift, count): the requantization with 1/n folded in, as TFLM computes it."""
     x, y = t_in(graph, node), t_out(graph, node)
-    axes = _axes(node, len(x.shape))
-    if len(x.shape) == 4 and node.attrs.get("keepdims", False) and axes == [1, 2]:
-        return "spatial"
-    if x.quant.same_as(y.quant):
-        return "same_quant"
-    return "requant"
-
-
-def mean_params(node, graph) -> tuple[str, int, int, int]:
-    """(mode, multiplier, shift, count)."""
-    x, y = t_in(graph, node), t_out(graph, node)
-    axes = _axes(node, len(x.shape))
-    n = int(np.prod([x.shape[a] for a in axes]))
-    mode = mean_mode(node, graph)
+    n = int(np.prod([x.shape[a] for a in _axes(node, len(x.shape))]))
     mult, shift = quantize_multiplier(np.float64(x.quant.s) / np.float64(y.quant.s))
-    if mode == "requant":
-        k = min(n.bit_length() - 1, 32, 31 + shift)
-        mult = int((mult << k) // n) if k >= 0 else int((mult >> -k) // n)
-        shift = shift - k
-    return mode, mult, shift, n
+    k = min(n.bit_length() - 1, 32, 31 + shift)
+    mult = int((mult << k) // n) if k >= 0 else int((mult >> -k) // n)
+    return mult, shift - k, n
 
 
 class Mean(OpDef):
@@ -81,30 +56,22 @@ class Mean(OpDef):
     def run_int(self, node, graph, xs):
         x = xs[0].astype(np.int64)
         axes = tuple(_axes(node, x.ndim))
-        mode, mult, shift, n = mean_params(node, graph)
+        mult, shift, n = mean_params(node, graph)
         zx, zy = t_in(graph, node).quant.zp, t_out(graph, node).quant.zp
         total = x.sum(axis=axes, keepdims=bool(node.attrs.get("keepdims", False)))
-        if mode == "spatial":
-            acc = multiply_by_quantized_multiplier(total - n * zx, mult, shift)
-            half = n // 2
-            acc = np.where(acc > 0, acc + half, acc - half)
-            y = np.sign(acc) * (np.abs(acc) // n) + zy
-        elif mode == "same_quant":
-            y = np.sign(total) * (np.abs(total) // n)
-        else:
-            y = multiply_by_quantized_multiplier(total - n * zx, mult, shift) + zy
+        y = multiply_by_quantized_multiplier(total - n * zx, mult, shift) + zy
         return [np.clip(y, -128, 127).astype(np.int8)]
 
     def emit_c(self, node, graph, ctx):
         x = t_in(graph, node)
         axes = _axes(node, len(x.shape))
-        mode, mult, shift, n = mean_params(node, graph)
+        mult, shift, n = mean_params(node, graph)
         pad = 4 - len(x.shape)
         mask = [0] * 4
         for a in axes:
             mask[a + pad] = 1
         fmt = lambda v: "{ " + ", ".join(str(int(a)) for a in v) + " }"  # noqa: E731
         p = ctx.ident(node.name + "_p")
-        ctx.decl(f"static const mf_mean_params {p} = {{ {fmt(shape4(x.shape))}, {fmt(mask)}, {MODES[mode]}, "
+        ctx.decl(f"static const mf_mean_params {p} = {{ {fmt(shape4(x.shape))}, {fmt(mask)}, "
                  f"{n}, {x.quant.zp}, {t_out(graph, node).quant.zp}, {mult}, {shift} }};")
         return f"mf_mean_s8(&{p}, {ctx.buf(node.inputs[0])}, {ctx.buf(node.outputs[0])});"

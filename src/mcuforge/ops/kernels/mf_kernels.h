@@ -54,9 +54,8 @@ typedef struct {
 
 typedef struct {
     int32_t in_shape[4];
-    int32_t reduce[4];  /* 1 where the axis is averaged */
-    int32_t mode;       /* 0 spatial, 1 same quantization, 2 requantizing (ops/reduce.py) */
-    int32_t count, in_zp, out_zp, mult, shift;
+    int32_t reduce[4]; /* 1 where the axis is averaged */
+    int32_t count, in_zp, out_zp, mult, shift; /* 1/count folded into mult, shift (ops/reduce.py) */
 } mf_mean_params;
 
 void mf_conv2d_s8(const mf_conv_params *p, const int8_t *in, const int8_t *w,

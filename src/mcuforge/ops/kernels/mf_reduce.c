@@ -1,4 +1,4 @@
-/* mcuforge int8 mean over axes with TFLite Micro's three integer algorithms (see ops/reduce.py). */
+/* mcuforge int8 mean over axes with TFLite Micro's integer algorithm (see ops/reduce.py). */
 #include "mf_kernels.h"
 
 void mf_mean_s8(const mf_mean_params *p, const int8_t *in, int8_t *out) {
@@ -22,15 +22,7 @@ void mf_mean_s8(const mf_mean_params *p, const int8_t *in, int8_t *out) {
                                     for (d = 0; d < 4; ++d) off += (o[d] + r[d]) * st[d];
                                     sum += in[off];
                                 }
-                    if (p->mode == 0) {
-                        acc = mf_requant(sum - p->count * p->in_zp, p->mult, p->shift);
-                        acc = acc > 0 ? (acc + p->count / 2) / p->count : (acc - p->count / 2) / p->count;
-                        acc += p->out_zp;
-                    } else if (p->mode == 1) {
-                        acc = sum / p->count;
-                    } else {
-                        acc = mf_requant(sum - p->in_zp * p->count, p->mult, p->shift) + p->out_zp;
-                    }
+                    acc = mf_requant(sum - p->in_zp * p->count, p->mult, p->shift) + p->out_zp;
                     *out++ = mf_sat8(acc);
                 }
 }
