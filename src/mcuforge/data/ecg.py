@@ -26,9 +26,9 @@ from . import Dataset, cached, preset_params, register, require_files, split_gro
 
 CLASSES = ["normal", "tachycardia", "bradycardia", "irregular", "noisy"]
 PRESETS = {
-    "tiny": dict(streams=5, stream_s=60, fs=128, window=256, hop=256, split=(0.6, 0.2, 0.2)),
-    "small": dict(streams=24, stream_s=240, fs=128, window=256, hop=256, split=(0.7, 0.15, 0.15)),
-    "full": dict(streams=100, stream_s=600, fs=128, window=256, hop=256, split=(0.7, 0.15, 0.15)),
+    "tiny": dict(streams=5, stream_s=60, fs=128, window=256, hop=256, fractions=(0.6, 0.2, 0.2)),
+    "small": dict(streams=24, stream_s=240, fs=128, window=256, hop=256, fractions=(0.7, 0.15, 0.15)),
+    "full": dict(streams=100, stream_s=600, fs=128, window=256, hop=256, fractions=(0.7, 0.15, 0.15)),
 }
 SPLITS = ("train", "val", "test")
 GENERATOR_VERSION = 2
@@ -131,14 +131,14 @@ def load_ecg(split: str, preset: str, root, seed: int, cache: bool = True, **ove
     arrays = cached("ecg", params, seed, lambda: generate(params, seed), cache, version=GENERATOR_VERSION)
     meta = {"fs": params["fs"], "window": params["window"], "source": "neurokit2", "preset": preset,
             "params": params, "seed": seed}
-    return _finish("ecg", split, arrays, "stream", params["split"], seed, meta)
+    return _finish("ecg", split, arrays, "stream", params["fractions"], seed, meta)
 
 
 # --- MIT-BIH ------------------------------------------------------------------------------------------
 
 RHYTHMS = {"(N": "normal", "(SBR": "bradycardia", "(SVTA": "tachycardia", "(VT": "tachycardia",
            "(AFIB": "irregular", "(AFL": "irregular"}
-MITBIH_PRESETS = {p: dict(fs=128, window=256, hop=256, split=PRESETS[p]["split"]) for p in PRESETS}
+MITBIH_PRESETS = {p: dict(fs=128, window=256, hop=256, fractions=PRESETS[p]["fractions"]) for p in PRESETS}
 
 
 @register("mitbih", synthetic=False, splits=SPLITS,
@@ -206,4 +206,4 @@ def load_mitbih(split: str, preset: str, root: Path, seed: int, cache: bool = Tr
               "position": np.array(pos, np.int64), "start_s": np.array(start_s)}
     meta = {"fs": fs, "window": win, "source": f"MIT-BIH ({root})", "records": records, "preset": preset,
             "params": params, "seed": seed}
-    return _finish("mitbih", split, arrays, "stream", params["split"], seed, meta)
+    return _finish("mitbih", split, arrays, "stream", params["fractions"], seed, meta)

@@ -41,11 +41,11 @@ NOISES = ["white", "pink", "brown", "hum"]
 PRESETS = {
     # voices: how many voices (up to 96); per_class: clips per class and voice
     "tiny": dict(voices=12, per_class=1, max_shift_ms=100, noise_prob=0.8, snr_db=(5.0, 30.0),
-                 reverb_prob=0.5, split=(0.6, 0.15, 0.15, 0.1)),
+                 reverb_prob=0.5, fractions=(0.6, 0.15, 0.15, 0.1)),
     "small": dict(voices=48, per_class=3, max_shift_ms=100, noise_prob=0.8, snr_db=(5.0, 30.0),
-                  reverb_prob=0.5, split=(0.7, 0.1, 0.1, 0.1)),
+                  reverb_prob=0.5, fractions=(0.7, 0.1, 0.1, 0.1)),
     "full": dict(voices=96, per_class=8, max_shift_ms=100, noise_prob=0.8, snr_db=(5.0, 30.0),
-                 reverb_prob=0.5, split=(0.7, 0.1, 0.1, 0.1)),
+                 reverb_prob=0.5, fractions=(0.7, 0.1, 0.1, 0.1)),
 }
 SPLITS = ("train", "val", "test", "new_speakers")
 GENERATOR_VERSION = 1
@@ -201,7 +201,7 @@ def load_keywords(split: str, preset: str, root, seed: int, cache: bool = True, 
     params = preset_params("keywords", PRESETS, preset, overrides)
     arrays = cached("keywords", params, seed, lambda: generate(params, seed), cache, version=GENERATOR_VERSION)
     voices = voice_list(int(params["voices"]))
-    frac = dict(zip(SPLITS, params["split"]))
+    frac = dict(zip(SPLITS, params["fractions"]))
     groups = split_groups(list(range(len(voices))), frac, seed)
     sel = np.nonzero(np.isin(arrays["voice"], sorted(groups[split])))[0]
     meta = {"classes": CLASSES, "task": "classification", "sample_rate": SAMPLE_RATE, "source": "espeak-ng",
@@ -267,8 +267,8 @@ def load_speech_commands(split: str, preset: str, root: Path, seed: int, cache: 
             if which == split:
                 files[ci].append(rel)
     cap = params["max_per_class"]
-    kw_counts = [len(files[c]) for c in range(len(KEYWORDS))]
-    per_kw = int(np.mean(kw_counts)) if kw_counts else 0
+    kw_counts = [len(files[c]) for c in range(len(KEYWORDS)) if files[c]]
+    per_kw = max(1, int(round(np.mean(kw_counts)))) if kw_counts else 0  # unknown and silence: like a keyword
     limit_unknown = min(per_kw if per_kw else len(files[10]), cap or 10**9)
     chosen: list[tuple[int, str]] = []
     for c, fl in files.items():

@@ -46,9 +46,9 @@ SPLITS = ("train", "val", "test")
 GENERATOR_VERSION = 1
 
 PRESETS = {
-    "tiny": dict(profiles=4, hours=1.0, step_s=10.0, window=64, hop=8, split=(0.5, 0.25, 0.25)),
-    "small": dict(profiles=20, hours=2.0, step_s=10.0, window=64, hop=4, split=(0.7, 0.15, 0.15)),
-    "full": dict(profiles=60, hours=4.0, step_s=10.0, window=64, hop=2, split=(0.7, 0.15, 0.15)),
+    "tiny": dict(profiles=4, hours=1.0, step_s=10.0, window=64, hop=8, fractions=(0.5, 0.25, 0.25)),
+    "small": dict(profiles=20, hours=2.0, step_s=10.0, window=64, hop=4, fractions=(0.7, 0.15, 0.15)),
+    "full": dict(profiles=60, hours=4.0, step_s=10.0, window=64, hop=2, fractions=(0.7, 0.15, 0.15)),
 }
 
 # motor constants
@@ -164,7 +164,7 @@ def windows(table: dict[str, np.ndarray], params: dict) -> dict[str, np.ndarray]
 
 
 def _finish(name: str, split: str, arrays: dict, params: dict, seed: int, meta: dict) -> Dataset:
-    groups = split_groups(list(np.unique(arrays["profile"])), dict(zip(SPLITS, params["split"])), seed)
+    groups = split_groups(list(np.unique(arrays["profile"])), dict(zip(SPLITS, params["fractions"])), seed)
     sel = np.nonzero(np.isin(arrays["profile"], sorted(groups[split])))[0]
     meta = dict(meta, task="regression", features=FEATURES, targets=TARGETS, y_offset=Y_OFFSET.tolist(),
                 y_scale=Y_SCALE.tolist(), feature_offset=FEATURE_OFFSET.tolist(),
