@@ -32,11 +32,6 @@ class Method(str, Enum):
     mse = "mse"
 
 
-class RunTarget(str, Enum):
-    reference = "reference"
-    host = "host"
-
-
 def _version(value: bool) -> None:
     if value:
         console.print(f"mcuforge {__version__}")
@@ -81,6 +76,62 @@ def memory_table(report: dict) -> Table:
     return table
 
 
+def fit_summary(report: dict, target) -> str:
+    """One line: the model's arena and constants against the target's RAM and flash (before linking)."""
+    from .targets.table import format_size
+
+    arena, consts = report["memory"]["arena_bytes"], report["totals"]["const_bytes"]
+    ok = arena <= target.ram and consts <= target.flash
+    head = "[green]fits[/]" if ok else "[bold yellow]does not fit[/]"
+    return (f"{head} {target.name} ({target.core.name}, {format_size(target.ram)} RAM, "
+            f"{format_size(target.flash)} flash): arena {arena:,} B = {arena / target.ram:.1%} of RAM, constants "
+            f"{consts:,} B = {consts / target.flash:.1%} of flash, before code, stack and runtime "
+            f"(`mcuforge bench` measures the linked firmware)")
+
+
+def bench_tables(result: dict) -> list[Table]:
+    """Per-layer instructions, then the totals, time estimate, flash and RAM of a bench result."""
+    t, ins, est = result["target"], result["instructions"], result["estimate"]
+    fmt = lambda v: f"{v:,.0f}" if isinstance(v, float) else f"{v:,}"  # noqa: E731
+    layers = Table(title=f"{result['model']} on {t['name']} ({t['core']}, QEMU {t['qemu_machine']}): "
+                   f"executed instructions per layer", header_style="bold")
+    for col, just in (("#", "right"), ("layer", "left"), ("op", "left"), ("MACs", "right"),
+                      ("instructions", "right"), ("per MAC", "right"), ("share", "right")):
+        layers.add_column(col, justify=just)
+    for r in result["layers"]:
+        per_mac = f"{r['instructions_per_mac']:.2f}" if r["instructions_per_mac"] is not None else ""
+        layers.add_row(str(r["index"]), r["name"], r["op"], f"{r['macs']:,}", fmt(r["instructions"]), per_mac,
+                       f"{r['share']:.1%}")
+    layers.add_row("", "call, return", "", "", fmt(ins["outside_layers"]), "", "")
+    per_mac = f"{ins['per_mac']:.2f}" if ins["per_mac"] is not None else ""
+    layers.add_row("", "[bold]per inference[/]", "", f"[bold]{result['macs']:,}[/]",
+                   f"[bold]{fmt(ins['per_inference'])}[/]", f"[bold]{per_mac}[/]", "")
+    summary = Table(title="speed and memory", header_style="bold")
+    summary.add_column("what")
+    summary.add_column("value", justify="right")
+    spread = "" if ins["min"] == ins["max"] else f" (samples: {ins['min']:,} .. {ins['max']:,})"
+    summary.add_row("instructions per inference (exact, QEMU)", fmt(ins["per_inference"]) + spread)
+    summary.add_row("instructions per MAC", per_mac or "-")
+    summary.add_row(f"estimated cycles (x CPI {est['cpi']})", f"{est['cycles']:,.0f}")
+    summary.add_row(f"estimated time at {est['clock_hz'] / 1e6:g} MHz", f"{est['time_ms']:,.3f} ms")
+    f, r, st = result["flash"], result["ram"], result["stack"]
+    summary.add_row("flash: model code (.text)", f"{f['model_code']:,} B")
+    summary.add_row("flash: weights and constants (.rodata)", f"{f['model_constants']:,} B")
+    summary.add_row("flash: model .data initializers", f"{f['model_data_init']:,} B")
+    summary.add_row("flash: runtime (start-up, runner, newlib)",
+                    f"{f['runtime_code'] + f['runtime_constants'] + f['runtime_data_init']:,} B")
+    summary.add_row("[bold]flash: total[/] / region", f"[bold]{f['total']:,} B[/] / {f['region']:,} B "
+                    f"({f['total'] / f['region']:.1%})")
+    summary.add_row("RAM: activation arena", f"{r['arena']:,} B")
+    summary.add_row("RAM: other model .data/.bss", f"{r['model_other']:,} B")
+    summary.add_row("RAM: stack used by one inference (measured)", f"{st['inference']:,} B")
+    summary.add_row("RAM: runtime .data/.bss, heap, stack reserved",
+                    f"{r['runtime_data_bss']:,} + {r['heap']:,} + {r['stack_reserved']:,} B")
+    summary.add_row("[bold]RAM: total[/] / region", f"[bold]{r['total']:,} B[/] / {r['region']:,} B "
+                    f"({r['total'] / r['region']:.1%})")
+    return [layers, summary]
+
+
 def layers_table(rows: list[dict], title: str) -> Table:
     table = Table(title=title, header_style="bold")
     for col, just in (("#", "right"), ("layer", "left"), ("op", "left"), ("input", "left"), ("output", "left"),
@@ -116,12 +167,22 @@ def deploy(
                                   "the clipping with least quantization error (mse)."),
     percentile: float = typer.Option(99.99, "--percentile", help="Percentile for --method percentile."),
     name: str = typer.Option("model", "--name", help="C identifier prefix of the generated API."),
+    target: Optional[str] = typer.Option(None, "--target", help="Cortex-M core or board the library is for "
+                                         "(cortex-m4, nucleo-l4r5zi, ...; see README): recorded in report.json "
+                                         "and used by run/bench. Default: portable C for any compiler."),
+    ram: Optional[str] = typer.Option(None, "--ram", help="The target's RAM (e.g. 256K), instead of the table's."),
+    flash: Optional[str] = typer.Option(None, "--flash", help="The target's flash (e.g. 1M), instead of the "
+                                        "table's."),
 ) -> None:
     """Quantize a model and generate a self-contained C99 library."""
     from .codegen import generate
-    from .errors import QuantizationError
+    from .errors import InputError, QuantizationError
     from .frontends import load_model, to_ir_layout
+    from .targets.table import get_target
 
+    if target is None and (ram or flash):
+        raise InputError("--ram and --flash describe a target: name it with --target (e.g. --target cortex-m4)")
+    tgt = get_target(target, ram, flash) if target else None
     graph = load_model(model)
     if not graph.is_quantized:
         if calib is None:
@@ -132,9 +193,11 @@ def deploy(
             raise QuantizationError(f"calibration data must be numeric, got dtype {x.dtype}")
         graph = quantize_with_progress(graph, [to_ir_layout(graph, graph.inputs[0], x.astype(np.float32))],
                                        method.value, percentile)
-    report = generate(graph, out, prefix=name)
+    report = generate(graph, out, prefix=name, target=tgt)
     console.print(layers_table(report["layers"], f"{graph.name}: {len(report['layers'])} layers"))
     console.print(memory_table(report))
+    if tgt is not None:
+        console.print(fit_summary(report, tgt))
     console.print(f"[green]wrote[/] {out}/ ({name}.h, {name}.c, kernels, Makefile, CMakeLists.txt, report.md)")
 
 
@@ -144,9 +207,12 @@ def run(
     input: Path = typer.Option(..., "--input", help="Inputs .npy: float32 (quantized with the model's input "
                                "parameters) or int8 (taken as is), shape (N, ...)."),
     output: Path = typer.Option(..., "--output", help="Where to write the outputs (.npy)."),
-    target: RunTarget = typer.Option(RunTarget.reference, "--target", help="reference: numpy integer "
-                                     "reference; host: the generated C compiled with the system compiler."),
+    target: str = typer.Option("reference", "--target", help="reference: numpy integer reference; host: the "
+                               "generated C compiled with the system compiler; a Cortex-M core or board "
+                               "(cortex-m4, nucleo-l4r5zi, ...): firmware run on QEMU."),
     dequantize: bool = typer.Option(False, "--dequantize", help="Write float32 outputs instead of int8."),
+    ram: Optional[str] = typer.Option(None, "--ram", help="Cortex-M targets: RAM size (e.g. 256K)."),
+    flash: Optional[str] = typer.Option(None, "--flash", help="Cortex-M targets: flash size (e.g. 1M)."),
 ) -> None:
     """Run a deployed library on a batch of inputs."""
     from .errors import InputError
@@ -156,12 +222,53 @@ def run(
     x = _load_npy(input, "input")
     if len(graph.outputs) != 1:
         raise InputError("this model has several outputs; `mcuforge run` handles one-output models")
-    y = run_library(lib, graph, x, target.value, dequantize)
+    y = run_library(lib, graph, x, target, dequantize, ram=ram, flash=flash)
     try:
         np.save(output, y)
     except OSError as exc:
         raise InputError(f"cannot write '{output}': {exc.strerror or exc}") from None
-    console.print(f"[green]wrote[/] {output}: {y.dtype} {tuple(y.shape)} ({target.value})")
+    console.print(f"[green]wrote[/] {output}: {y.dtype} {tuple(y.shape)} ({target})")
+
+
+@app.command()
+def bench(
+    lib: Path = typer.Argument(..., help="Directory written by `mcuforge deploy`."),
+    target: Optional[str] = typer.Option(None, "--target", help="Cortex-M core or board (default: the one the "
+                                         "library was deployed for, else cortex-m4)."),
+    ram: Optional[str] = typer.Option(None, "--ram", help="RAM size (e.g. 256K), instead of the target's."),
+    flash: Optional[str] = typer.Option(None, "--flash", help="Flash size (e.g. 1M), instead of the target's."),
+    input: Optional[Path] = typer.Option(None, "--input", help="Inputs .npy to measure with (float32 or int8, "
+                                         "shape (N, ...)); default: random int8 samples."),
+    samples: int = typer.Option(3, "--samples", min=1, help="Number of random samples without --input."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+) -> None:
+    """Measure a deployed library on an emulated Cortex-M: instructions, estimated time, flash, RAM."""
+    import json
+
+    from .errors import InputError
+    from .runner import load_library, prepare_input
+    from .targets.bench import CYCLE_NOTE, bench as run_bench
+    from .targets.cortex_m import resolve_target
+
+    graph = load_library(lib)
+    report = json.loads((lib / "report.json").read_text())
+    tgt = resolve_target(report, target, ram, flash)
+    xs = None
+    if input is not None:
+        if len(graph.inputs) != 1:
+            raise InputError("this model has several inputs; `mcuforge bench --input` handles one-input models")
+        xs = [prepare_input(graph, graph.inputs[0], _load_npy(input, "input"))]
+    with err_console.status(f"building and running on QEMU {tgt.machine.name if tgt.machine else ''} ..."):
+        result = run_bench(lib, tgt, xs, samples=samples)
+    for table in bench_tables(result):
+        console.print(table)
+    console.print(f"[dim]{CYCLE_NOTE}.[/]")
+    if json_out is not None:
+        try:
+            json_out.write_text(json.dumps(result, indent=1))
+        except OSError as exc:
+            raise InputError(f"cannot write '{json_out}': {exc.strerror or exc}") from None
+        console.print(f"[green]wrote[/] {json_out}")
 
 
 @app.command()

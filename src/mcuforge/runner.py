@@ -54,7 +54,13 @@ def finish_output(graph: Graph, name: str, y: np.ndarray, dequantize: bool) -> n
     return from_ir_layout(graph, name, y)
 
 
-def run_library(lib: str | Path, graph: Graph, x: np.ndarray, target: str, dequantize: bool = False) -> np.ndarray:
+def run_library(lib: str | Path, graph: Graph, x: np.ndarray, target: str, dequantize: bool = False,
+                ram: str | None = None, flash: str | None = None) -> np.ndarray:
+    """target: reference, host, or a Cortex-M core/board run on QEMU (ram/flash override its sizes)."""
+    from .targets.table import is_target, unknown_target_message
+
+    if target not in ("reference", "host") and not is_target(target):
+        raise InputError(unknown_target_message(target, ("reference", "host")))
     xq = prepare_input(graph, graph.inputs[0], x)
     if target == "reference":
         y = reference.run(graph, [xq], mode="int")[0]
@@ -63,5 +69,7 @@ def run_library(lib: str | Path, graph: Graph, x: np.ndarray, target: str, dequa
 
         y = run_host(lib, [xq])[0]
     else:
-        raise InputError(f"unknown target '{target}' (choose reference or host)")
+        from .targets.cortex_m import run_cortex_m
+
+        y = run_cortex_m(lib, [xq], target, ram=ram, flash=flash)[0]
     return finish_output(graph, graph.outputs[0], y, dequantize)

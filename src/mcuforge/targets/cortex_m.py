@@ -16,6 +16,7 @@ and the model's share of it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -59,6 +60,7 @@ def find_tool(name: str) -> str:
     return path
 
 
+@functools.lru_cache(maxsize=None)
 def _check_newlib(gcc: str, cflags: tuple[str, ...]) -> None:
     proc = subprocess.run([gcc, *cflags, "-print-file-name=nano.specs"], capture_output=True, text=True)
     if proc.returncode != 0 or not os.path.isabs(proc.stdout.strip()):
@@ -67,6 +69,7 @@ def _check_newlib(gcc: str, cflags: tuple[str, ...]) -> None:
                              "libnewlib-arm-none-eabi)")
 
 
+@functools.lru_cache(maxsize=None)
 def _gcc_identity(gcc: str) -> str:
     proc = subprocess.run([gcc, "--version"], capture_output=True, text=True)
     return gcc + " " + proc.stdout.splitlines()[0] if proc.stdout else gcc
@@ -217,9 +220,58 @@ def _fit_error(target: Target, report: dict, stderr: str) -> DoesNotFitError | N
                            f"if your part has more, or make the model smaller")
 
 
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+
+
+def _local_includes(src: Path, dirs: list[Path], seen: set[Path] | None = None) -> set[Path]:
+    """The quoted headers `src` includes, transitively, found in `dirs`."""
+    seen = set() if seen is None else seen
+    for name in _INCLUDE.findall(src.read_text(errors="replace")):
+        for d in dirs:
+            h = (d / name)
+            if h.is_file() and h not in seen:
+                seen.add(h)
+                _local_includes(h, dirs, seen)
+                break
+    return seen
+
+
+def _compile_all(gcc: str, cflags: tuple[str, ...], sources: list[Path], include_dirs: list[Path], out: Path,
+                 target: Target) -> None:
+    """Compile every source into out/<stem>.o, in parallel; objects whose source and headers were compiled
+    before with the same flags come from the object cache."""
+    obj_cache = cache_dir() / "cortex-m" / "obj"
+    obj_cache.mkdir(parents=True, exist_ok=True)
+    ident = _gcc_identity(gcc) + "\0" + " ".join(cflags)
+    jobs = []
+    for src in sources:
+        h = hashlib.sha256(ident.encode() + b"\0" + src.read_bytes())
+        for hdr in sorted(_local_includes(src, include_dirs)):
+            h.update(hdr.name.encode() + b"\0" + hdr.read_bytes())
+        cached = obj_cache / f"{src.stem}-{h.hexdigest()[:20]}.o"
+        obj = out / f"{src.stem}.o"
+        if cached.exists():
+            shutil.copyfile(cached, obj)
+            continue
+        cmd = [gcc, *cflags, *[f"-I{d}" for d in include_dirs], "-c", str(src), "-o", str(obj)]
+        jobs.append((subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), obj, cached))
+    errors = []
+    for proc, obj, cached in jobs:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            errors.append(err.strip())
+        else:
+            tmp = cached.with_name(cached.name + f".{os.getpid()}.tmp")
+            shutil.copyfile(obj, tmp)
+            os.replace(tmp, cached)
+    if errors:
+        raise ToolchainError(f"firmware build for {target.name} failed ({' '.join(target.cflags)}):\n"
+                             + "\n".join(errors)[-4000:])
+
+
 def build_firmware(lib_dir: str | Path, target: Target, profile: bool = False) -> Firmware:
     """Compile and link the library for `target` (cached); profile=True adds the per-layer markers."""
-    lib_dir = Path(lib_dir)
+    lib_dir = Path(lib_dir).resolve()
     report = load_report(lib_dir)
     prefix = report["prefix"]
     if target.machine is None:
@@ -251,12 +303,7 @@ def build_firmware(lib_dir: str | Path, target: Target, profile: bool = False) -
             for name in FIRMWARE_SOURCES:
                 shutil.copyfile(FIRMWARE_DIR / name, tmp / name)
                 fw_sources.append(tmp / name)
-            compile_cmd = [gcc, *cflags, "-I", str(lib_dir), "-I", str(tmp), "-c",
-                           *map(str, lib_sources + fw_sources)]
-            proc = subprocess.run(compile_cmd, capture_output=True, text=True, cwd=tmp)
-            if proc.returncode != 0:
-                raise ToolchainError(f"firmware build for {target.name} failed ({' '.join(target.cflags)}):\n"
-                                     f"{proc.stderr.strip()[-4000:]}")
+            _compile_all(gcc, cflags, lib_sources + fw_sources, [lib_dir, tmp], tmp, target)
             objects = [f"{p.stem}.o" for p in lib_sources + fw_sources]
             link_cmd = [gcc, *cflags, *LDFLAGS, "-T", "fw.ld", "-Wl,-Map=fw.map", *objects, "-o", "fw.elf"]
             proc = subprocess.run(link_cmd, capture_output=True, text=True, cwd=tmp)
