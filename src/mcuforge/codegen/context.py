@@ -35,6 +35,8 @@ class CodegenContext:
         self.const_bytes = 0  # flash taken by weights, tables and layer parameters
         self._idents: set[str] = set()
         self._const_ids: dict[str, str] = {}
+        self.kernel_files: list[str] = []  # extra files from ops/kernels a variant needs (e.g. DSP kernels)
+        self.scratch_bytes = 0  # one static scratch buffer shared by the layers (im2col); RAM beside the arena
 
     def ident(self, base: str) -> str:
         name = c_identifier(f"{self.prefix}_{base}")
@@ -67,3 +69,15 @@ class CodegenContext:
         if self.graph.tensors[tensor].is_const:
             return self.const(tensor)
         return f"({self.prefix}_arena.bytes + {self.plan.offsets[tensor]})"
+
+    def use_kernel_files(self, *names: str) -> None:
+        """Copy these files of ops/kernels into the library (sources are compiled, headers included)."""
+        for name in names:
+            if name not in self.kernel_files:
+                self.kernel_files.append(name)
+
+    def scratch(self, nbytes: int) -> str:
+        """A word-aligned scratch buffer of at least `nbytes` for one layer's call (shared by all layers,
+        sized for the largest request, reported as memory.scratch_bytes); returns its C expression."""
+        self.scratch_bytes = max(self.scratch_bytes, (int(nbytes) + 3) // 4 * 4)
+        return f"{self.prefix}_scratch"

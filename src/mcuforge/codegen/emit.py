@@ -72,6 +72,9 @@ def render_sources(graph: Graph, prefix: str = "model",
         shapes = " x ".join(str(list(graph.tensors[t].shape)) for t in node.inputs
                             if not graph.tensors[t].is_const) + " -> " + str(list(graph.tensors[node.outputs[0]].shape))
         layers.append({"name": node.name, "op": node.op, "shapes": shapes, "code": code})
+    if ctx.scratch_bytes:
+        ctx.decls.insert(0, f"/* scratch for kernels that unroll their input (im2col), shared by the layers */\n"
+                            f"static uint32_t {prefix}_scratch[{ctx.scratch_bytes // 4}];")
     env = _env()
     common = dict(prefix=prefix, PREFIX=prefix.upper(), version=__version__, graph_name=graph.name,
                   arena_size=plan.arena_size, inputs=_io_info(graph, graph.inputs, plan),
@@ -79,11 +82,12 @@ def render_sources(graph: Graph, prefix: str = "model",
     total_macs = sum(get_op(n.op).macs(n, graph) for n in graph.nodes)
     files = {
         f"{prefix}.h": env.get_template("model.h.j2").render(**common),
-        f"{prefix}.c": env.get_template("model.c.j2").render(**common, decls=ctx.decls, layers=layers,
-                                                             total_macs=total_macs),
+        f"{prefix}.c": env.get_template("model.c.j2").render(
+            **common, decls=ctx.decls, layers=layers, total_macs=total_macs,
+            includes=[f for f in ctx.kernel_files if f.endswith(".h")]),
     }
-    sources = [f"{prefix}.c"] + kernel_sources(graph)
-    headers = [f"{prefix}.h", *COMMON_HEADERS]
+    sources = [f"{prefix}.c"] + kernel_sources(graph) + [f for f in ctx.kernel_files if f.endswith(".c")]
+    headers = [f"{prefix}.h", *COMMON_HEADERS] + [f for f in ctx.kernel_files if f.endswith(".h")]
     files["Makefile"] = env.get_template("Makefile.j2").render(**common, sources=sources, headers=headers)
     files["CMakeLists.txt"] = env.get_template("CMakeLists.txt.j2").render(**common, sources=sources)
     return files, plan, ctx
@@ -100,7 +104,7 @@ def write_library(graph: Graph, out: Path, prefix: str = "model", extra_report: 
     files, plan, ctx = render_sources(graph, prefix, target)
     for name, text in files.items():
         (out / name).write_text(text)
-    for name in list(COMMON_HEADERS) + kernel_sources(graph):
+    for name in list(COMMON_HEADERS) + kernel_sources(graph) + ctx.kernel_files:
         shutil.copyfile(KERNEL_DIR / name, out / name)
     save_graph(graph, out / "model.mcf")
     extra = {"target": (target or GENERIC).to_json(), **(extra_report or {})}

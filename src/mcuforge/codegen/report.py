@@ -46,6 +46,7 @@ def build_report(graph: Graph, plan: MemoryPlan, ctx: CodegenContext, prefix: st
         },
         "memory": {
             "arena_bytes": plan.arena_size,
+            "scratch_bytes": ctx.scratch_bytes,  # static scratch of the kernels (im2col), RAM beside the arena
             "unplanned_bytes": plan.naive_size,
             "inplace_layers": plan.inplace,
             "tensors": {t: {"offset": off, "bytes": graph.tensors[t].nbytes} for t, off in plan.offsets.items()},
@@ -85,6 +86,7 @@ def render_markdown(report: dict) -> str:
         "| what | bytes |",
         "|---|--:|",
         f"| activation arena (RAM, planned peak) | {m['arena_bytes']:,} |",
+        *([f"| kernel scratch (RAM, im2col) | {m['scratch_bytes']:,} |"] if m.get("scratch_bytes") else []),
         f"| activations without planning | {m['unplanned_bytes']:,} |",
         f"| weights, biases, tables, layer parameters (flash) | {t['const_bytes']:,} |",
         "",

@@ -112,6 +112,12 @@ class Conv2D(OpDef):
         return oh * ow * o * kh * kw * cg
 
     def emit_c(self, node, graph, ctx):
+        if ctx.target.has_dsp:  # fast kernels for DSP-extension cores (ops/dsp.py)
+            from .dsp import emit_conv2d
+
+            code = emit_conv2d(self, node, graph, ctx)
+            if code:
+                return code
         x, w, y = t_in(graph, node, 0), t_in(graph, node, 1), t_out(graph, node)
         a = node.attrs
         mult, shift, (lo, hi) = self.requant(node, graph)

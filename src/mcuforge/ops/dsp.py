@@ -1,0 +1,147 @@
+"""C emission of the fast kernels for cores with the DSP extension (ops/kernels/mf_*_dsp.c).
+
+The op emitters (conv2d, fully_connected, add) call in here when ``ctx.target.has_dsp``;
+an emitter returns None for a configuration its kernel does not cover and the op falls back
+to its portable kernel. Nothing here changes the integer semantics: every constant is
+derived from the op's own parameters (``requant``, ``params``) and the kernels are tested
+bit-exact against the integer reference, on the host (emulated intrinsics, sanitizers) and
+on QEMU.
+
+Work moved to code generation:
+
+* the input zero point is folded into the bias, bias' = bias - zp_x sum(w) (modulo 2^32, as
+  the int32 accumulator computes), so activations enter the products raw and padding
+  reads as zp_x;
+* weights are packed as little-endian words in the order the kernel reads them;
+* per layer, the requantization variant: ``fast`` (SMMLAR, see kernels/mf_dsp.h) where every
+  channel has a right shift >= 1 and the layer's exact accumulator range (from its weights,
+  bias and the int8 input range) keeps the fast formula's intermediates in int32; else ``exact``
+  (TFLite's MultiplyByQuantizedMultiplier); ``_clamp`` where the fused activation narrows
+  [-128, 127].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir.graph import Graph, Node
+from .base import quantized_activation_range, t_in, t_out
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+Q_WORDS = 4  # per output channel: bias, multiplier, a, b (kernels/mf_dsp.h)
+HEADERS = ("mf_dsp.h", "mf_dsp_kernels.h")
+
+
+def wrap32(v) -> np.ndarray:
+    """Values modulo 2^32 as int32 (what an int32 accumulator holds)."""
+    return ((np.asarray(v, np.int64) + 2**31) % 2**32 - 2**31).astype(np.int64)
+
+
+def acc_range(w: np.ndarray, bias: np.ndarray, zp_x: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact per-output-channel range of bias + sum (x - zp_x) w over int8 inputs x (w: [O, K])."""
+    w = w.astype(np.int64)
+    hi_x, lo_x = 127 - zp_x, -128 - zp_x
+    amax = bias + np.where(w > 0, w * hi_x, w * lo_x).sum(axis=1)
+    amin = bias + np.where(w > 0, w * lo_x, w * hi_x).sum(axis=1)
+    return amin, amax
+
+
+def fast_requant_ok(amin, amax, mult, shift, zp_y: int, acc_scale: int = 2) -> bool:
+    """Whether mf_dsp_requant's fast form is exact for every accumulator in [amin, amax].
+
+    acc_scale: the factor the kernel holds the accumulator with before SMMLAR (2: acc * 2)."""
+    amin, amax = np.asarray(amin, np.int64), np.asarray(amax, np.int64)
+    mult, shift = np.asarray(mult, np.int64), np.asarray(shift, np.int64)
+    e = np.where(mult == 0, 1, -shift)
+    if np.any(e < 1) or np.any(e > 30):
+        return False
+    if np.any(amin * acc_scale < INT32_MIN) or np.any(amax * acc_scale > INT32_MAX):
+        return False
+    c = (1 << (e - 1)) + zp_y * (1 << e)
+    rmax = (amax * mult) // 2**31 + 1
+    rmin = (amin * mult) // 2**31 - 1
+    return bool(np.all(rmax + c <= INT32_MAX) and np.all(rmin + c - 1 >= INT32_MIN))
+
+
+def requant_records(bias_folded, mult, shift, zp_y: int, fast: bool, bias_scale: int = 1) -> np.ndarray:
+    """[O, 4] int32 records: bias' (times bias_scale), multiplier, and (C, e) or (shift, zp_y)."""
+    o = len(mult)
+    rec = np.zeros((o, Q_WORDS), np.int64)
+    rec[:, 0] = wrap32(np.asarray(bias_folded, np.int64) * bias_scale)
+    rec[:, 1] = mult
+    if fast:
+        e = np.where(np.asarray(mult) == 0, 1, -np.asarray(shift, np.int64))
+        rec[:, 2] = (1 << (e - 1)) + zp_y * (1 << e)
+        rec[:, 3] = e
+    else:
+        rec[:, 2] = shift
+        rec[:, 3] = zp_y
+    return rec
+
+
+def pack_words(b: np.ndarray) -> np.ndarray:
+    """int8 bytes (last axis a multiple of 4) -> little-endian uint32 words."""
+    u = np.ascontiguousarray(b.astype(np.int8)).view(np.uint8).astype(np.uint64)
+    u = u.reshape(-1, 4)
+    return (u[:, 0] | (u[:, 1] << 8) | (u[:, 2] << 16) | (u[:, 3] << 24)).astype(np.uint64)
+
+
+def _variant(fast: bool, lo: int, hi: int) -> str:
+    return ("fast" if fast else "exact") + ("_clamp" if (lo, hi) != (-128, 127) else "")
+
+
+def _bias(graph: Graph, node: Node, o: int) -> np.ndarray:
+    if len(node.inputs) > 2 and node.inputs[2]:
+        return graph.tensors[node.inputs[2]].data.astype(np.int64).reshape(o)
+    return np.zeros(o, np.int64)
+
+
+def _requant_setup(op, node, graph, w2d: np.ndarray):
+    """Folded bias, records and variant for a conv/fc layer with weights w2d [O, K]."""
+    x, y = t_in(graph, node, 0), t_out(graph, node)
+    mult, shift, (lo, hi) = op.requant(node, graph)
+    o = w2d.shape[0]
+    bias = _bias(graph, node, o)
+    zp_x, zp_y = int(x.quant.zp), int(y.quant.zp)
+    amin, amax = acc_range(w2d, bias, zp_x)
+    fast = fast_requant_ok(amin, amax, mult, shift, zp_y)
+    folded = bias - zp_x * w2d.astype(np.int64).sum(axis=1)
+    return requant_records(folded, mult, shift, zp_y, fast), _variant(fast, lo, hi), lo, hi
+
+
+# --- conv2d ------------------------------------------------------------------------------------
+
+def emit_conv2d(op, node: Node, graph: Graph, ctx) -> str | None:
+    x, wt, y = t_in(graph, node, 0), t_in(graph, node, 1), t_out(graph, node)
+    a = node.attrs
+    groups = int(a["groups"])
+    o, kh, kw, cg = wt.shape
+    if wt.dtype != "int8" or x.dtype != "int8" or y.dtype != "int8" or x.shape[0] != 1:
+        return None
+    og = o // groups
+    og_pad = og + (og & 1)
+    k = kh * kw * cg
+    chunks = -(-k // 8) * 2
+    w = wt.data.astype(np.int64).reshape(o, k)
+    rec, variant, lo, hi = _requant_setup(op, node, graph, w)
+    # per group: output channels padded to even, columns padded to 4 * chunks
+    wg = np.zeros((groups, og_pad, chunks * 4), np.int64)
+    wg[:, :og, :k] = w.reshape(groups, og, k)
+    # [g, pair, 2, chunks, 4] -> [g, pair, chunks, 2, 4]: per chunk the two channels' words
+    words = pack_words(wg.reshape(groups, og_pad // 2, 2, chunks, 4).transpose(0, 1, 3, 2, 4))
+    rg = np.zeros((groups, og_pad, Q_WORDS), np.int64)
+    rg[:, :og] = rec.reshape(groups, og, Q_WORDS)
+    ctx.use_kernel_files(*HEADERS, "mf_conv_dsp.c")
+    w_id = ctx.array(node.name + "_wpk", words, "uint32_t")
+    q_id = ctx.array(node.name + "_q", rg, "int32_t")
+    scratch = ctx.scratch(16 * chunks + (4 * chunks if cg % 4 else 0))
+    p = ctx.ident(node.name + "_p")
+    ctx.decl(
+        f"static const mf_conv_dsp_params {p} = {{\n"
+        f"  {x.shape[1]}, {x.shape[2]}, {x.shape[3]}, {y.shape[1]}, {y.shape[2]}, {y.shape[3]},\n"
+        f"  {kh}, {kw}, {a['stride'][0]}, {a['stride'][1]}, {a['dilation'][0]}, {a['dilation'][1]}, "
+        f"{a['pads'][0]}, {a['pads'][2]}, {groups},\n"
+        f"  {x.quant.zp}, {chunks}, {lo}, {hi}, {q_id}, {w_id}\n}};"
+    )
+    return (f"mf_conv_dsp_s8_{variant}(&{p}, {ctx.buf(node.inputs[0])}, {ctx.buf(node.outputs[0])}, "
+            f"{scratch});")

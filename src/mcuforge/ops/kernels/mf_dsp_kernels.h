@@ -1,0 +1,42 @@
+/* mcuforge fast int8 kernels for cores with the DSP extension (Cortex-M4/M7/M33/M55):
+ * parameter structs and entry points. Bit-exact with the integer reference of each op,
+ * like the portable kernels (mf_kernels.h); they run, emulated, on any C99 host too.
+ *
+ * The code generator (mcuforge/ops/dsp.py) folds the input zero point into the bias
+ * (bias' = bias - zp_x sum(w)), packs the weights in the order the kernels read them
+ * and chooses each layer's variant: _fast (SMMLAR requantization, proved exact for the
+ * layer's accumulator range) or _exact (TFLite's MultiplyByQuantizedMultiplier), and
+ * _clamp where the fused activation narrows [-128, 127]. */
+#ifndef MF_DSP_KERNELS_H
+#define MF_DSP_KERNELS_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Convolution with groups (not depthwise): im2col of two output pixels into int16 columns,
+ * 2x2-blocked SMLAD matrix product. Weights: per group, per pair of output channels, per
+ * chunk of 4 column elements: the 4 int8 weights of each channel (a zero channel pads an odd
+ * count). Scratch: 16 * chunks bytes, plus 4 * chunks when in_c / groups is not a multiple of 4. */
+typedef struct {
+    int32_t in_h, in_w, in_c, out_h, out_w, out_c;
+    int32_t k_h, k_w, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left, groups;
+    int32_t pad_value;    /* the input zero point: what padded positions read */
+    int32_t chunks;       /* ceil(k_h k_w in_c / groups / 8) * 2: always even */
+    int32_t act_min, act_max;
+    const int32_t *q;     /* per output channel (padded to even per group): MF_Q_WORDS words */
+    const uint32_t *w;    /* packed weights */
+} mf_conv_dsp_params;
+
+void mf_conv_dsp_s8_fast(const mf_conv_dsp_params *p, const int8_t *in, int8_t *out, uint32_t *scratch);
+void mf_conv_dsp_s8_fast_clamp(const mf_conv_dsp_params *p, const int8_t *in, int8_t *out, uint32_t *scratch);
+void mf_conv_dsp_s8_exact(const mf_conv_dsp_params *p, const int8_t *in, int8_t *out, uint32_t *scratch);
+void mf_conv_dsp_s8_exact_clamp(const mf_conv_dsp_params *p, const int8_t *in, int8_t *out, uint32_t *scratch);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MF_DSP_KERNELS_H */

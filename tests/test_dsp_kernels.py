@@ -1,0 +1,158 @@
+"""The fast kernels for DSP-extension cores (ops/dsp.py, kernels/mf_*_dsp.c) == the integer reference.
+
+Each op family with a DSP path runs over many random configurations, several layers in one
+graph (independent inputs and outputs, so one firmware and one QEMU run cover them all):
+on the host, where mf_dsp.h emulates the instructions in portable C, built with
+AddressSanitizer and UBSan, and on QEMU's Cortex-M4, where the real instructions run.
+Quantizations are perturbed so that both requantization variants (fast SMMLAR and exact)
+and the fused clamps are exercised; the tests check that they were.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mcuforge import reference
+from mcuforge.codegen import generate
+from mcuforge.ir import QuantParams
+from mcuforge.targets.cortex_m import run_cortex_m
+from mcuforge.targets.host import run_host
+from mcuforge.targets.table import get_target
+
+from _graphs import Builder, perturb_quant, quantize_random, random_int8_inputs
+
+M4 = get_target("cortex-m4")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _private_cache():
+    missing = [t for t in ("arm-none-eabi-gcc", "qemu-system-arm") if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: `make setup` installs them", pytrace=False)
+    with tempfile.TemporaryDirectory() as d, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MCUFORGE_CACHE", d)
+        yield
+
+
+def _compare(q, want, got, where):
+    for name, w, c in zip(q.outputs, want, got):
+        assert w.shape == c.shape, (where, name, w.shape, c.shape)
+        bad = np.argwhere(w != c)
+        if bad.size:
+            node = next(n for n in q.nodes if name in n.outputs)
+            idx = tuple(bad[0])
+            ins = [q.tensors[t].shape for t in node.inputs]
+            raise AssertionError(f"{where}: output '{name}' of {node.op} {node.attrs} {ins}: {len(bad)} of "
+                                 f"{w.size} values differ, first at {idx}: reference {w[idx]} vs C {c[idx]}")
+
+
+def check_dsp(q, rng, n=6, qemu=True) -> str:
+    """Reference == host (emulated DSP, sanitizers) == QEMU Cortex-M4; returns the generated model.c."""
+    xs = random_int8_inputs(q, rng, n)
+    want = reference.run(q, xs, "int")
+    with tempfile.TemporaryDirectory() as d:
+        lib = Path(d) / "lib"
+        generate(q, lib, target=M4)
+        src = (lib / "model.c").read_text()
+        _compare(q, want, run_host(lib, xs, sanitize=True), "host (emulated DSP)")
+        if qemu:
+            _compare(q, want, run_cortex_m(lib, xs, M4), "QEMU cortex-m4")
+    return src
+
+
+def calls(src: str, kernel: str) -> list[str]:
+    return re.findall(rf"\b({kernel}\w*)\(", src.split("_invoke(void)")[1])
+
+
+def force_requant_forms(q, rng, prob=0.3):
+    """Give some conv/fc outputs scales whose multipliers are >= 0.5 (no right shift) or > 1
+    (a left shift): layers the fast requantization does not cover."""
+    for node in q.nodes:
+        if node.op not in ("conv2d", "fully_connected") or rng.random() >= prob:
+            continue
+        sx = q.tensors[node.inputs[0]].quant.s
+        sw = float(np.max(q.tensors[node.inputs[1]].quant.scale))
+        out = q.tensors[node.outputs[0]]
+        factor = float(rng.choice([0.7, 1.0, 3.0]))
+        out.quant = QuantParams.per_tensor(np.float32(sx * sw / factor), out.quant.zp)
+    q.validate()
+    return q
+
+
+# --- conv2d -------------------------------------------------------------------------------------
+
+def conv_layer(b: Builder, rng, i: int) -> str:
+    mode = ["regular", "pointwise", "first", "depthwise", "grouped", "1d", "strided", "wide"][i % 8]
+    h, w = int(rng.integers(1, 10)), int(rng.integers(1, 10))
+    kh, kw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    stride = [int(rng.integers(1, 3)), int(rng.integers(1, 3))]
+    dil = [1, 1] if rng.random() < 0.7 else [int(rng.integers(1, 3)), int(rng.integers(1, 3))]
+    groups, m = 1, 1
+    if mode == "pointwise":
+        c, o, kh, kw = int(rng.integers(1, 40)), int(rng.integers(1, 24)), 1, 1
+    elif mode == "first":
+        c, o = int(rng.integers(1, 4)), int(rng.integers(1, 20))
+        kh, kw = int(rng.integers(1, 11)), int(rng.integers(1, 5))
+    elif mode == "depthwise":
+        c = int(rng.integers(1, 20))
+        m = int(rng.choice([1, 1, 2, 3]))
+        groups, o = c, c * m
+    elif mode == "grouped":
+        groups = int(rng.integers(2, 4))
+        c, o = groups * int(rng.integers(1, 9)), groups * int(rng.integers(1, 5))
+    elif mode == "1d":
+        h, kh, c, o = 1, 1, int(rng.integers(1, 17)), int(rng.integers(1, 17))
+        kw = int(rng.integers(1, 6))
+        w = int(rng.integers(kw, 20))
+        stride[0] = dil[0] = 1
+    elif mode == "strided":
+        c, o = 4 * int(rng.integers(1, 6)), int(rng.integers(1, 20))
+        stride = [2, 2]
+    else:  # wide: long columns, many channels
+        c, o = int(rng.integers(8, 40)), int(rng.integers(16, 40))
+        kh = kw = 3
+    eff_h, eff_w = dil[0] * (kh - 1) + 1, dil[1] * (kw - 1) + 1
+    pads = [int(v) for v in rng.integers(0, 3, size=4)]
+    pads = [min(pads[0], eff_h - 1), min(pads[1], eff_h - 1), min(pads[2], eff_w - 1), min(pads[3], eff_w - 1)]
+    h, w = max(h, eff_h), max(w, eff_w)
+    x = b.input((1, h, w, c))
+    inputs = [x, b.const("w", rng.normal(size=(o, kh, kw, c // groups)))]
+    if rng.random() < 0.8:
+        inputs.append(b.const("b", rng.normal(size=o) * 3))
+    act = [dict(), dict(act_min=0.0), dict(act_min=0.0, act_max=6.0), dict(act_min=-1.0, act_max=1.0)][
+        int(rng.integers(4))]
+    return b.op("conv2d", inputs, stride=stride, dilation=dil, pads=pads, groups=groups, **act)
+
+
+def _multi_layer_graph(layer, seed: int, layers: int):
+    rng = np.random.default_rng(seed)
+    b = Builder(f"dsp{seed}")
+    outs = [layer(b, rng, i) for i in range(layers)]
+    q = quantize_random(b.finish(*outs), rng)
+    perturb_quant(q, rng, prob=0.4)
+    return force_requant_forms(q, rng), rng
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_conv2d_dsp_bit_exact(seed):
+    q, rng = _multi_layer_graph(conv_layer, seed, 16)
+    src = check_dsp(q, rng)
+    used = calls(src, "mf_conv")
+    assert len(used) == 16 and all("dsp" in c for c in used), used
+
+
+def test_conv2d_dsp_covers_all_variants():
+    seen = set()
+    for seed in range(10, 14):
+        q, _ = _multi_layer_graph(conv_layer, seed, 16)
+        with tempfile.TemporaryDirectory() as d:
+            generate(q, Path(d) / "lib", target=M4)
+            seen |= set(calls((Path(d) / "lib" / "model.c").read_text(), "mf_conv"))
+    assert {"mf_conv_dsp_s8_fast", "mf_conv_dsp_s8_fast_clamp", "mf_conv_dsp_s8_exact",
+            "mf_conv_dsp_s8_exact_clamp"} <= seen, seen
