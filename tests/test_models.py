@@ -30,6 +30,16 @@ def test_demo_accuracy_and_bit_exactness(demo_dir):
     assert (demo_dir / "model.pt2").is_file() and (demo_dir / "lib" / "digits.h").is_file()
 
 
+def test_demo_runs_on_the_emulated_cortex_m4(demo_dir):
+    m4 = json.loads((demo_dir / "summary.json").read_text())["cortex_m4"]
+    s = json.loads((demo_dir / "summary.json").read_text())
+    assert "skipped" not in m4, m4.get("skipped")
+    assert m4["vs_reference_mismatches"] == 0 and m4["accuracy"] == s["int8_reference_accuracy"]
+    assert s["macs"] < m4["instructions_per_inference"] < 20 * s["macs"]
+    assert m4["flash_model_bytes"] > s["const_bytes"] and m4["arena_bytes"] == s["arena_bytes"]
+    assert 0 < m4["stack_inference_bytes"] < 4096
+
+
 def test_demo_library_is_clean_under_sanitizers(demo_dir):
     lib = demo_dir / "lib"
     g = load_graph(lib / "model.mcf")

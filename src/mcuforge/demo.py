@@ -48,6 +48,37 @@ def train_classifier(model, x: np.ndarray, y: np.ndarray, epochs: int, seed: int
     return fit(model, x, y, "ce", epochs, seed, lr=lr, batch=batch, progress=progress)
 
 
+def run_on_cortex_m4(lib: Path, xq: np.ndarray, y_ref: np.ndarray, labels: np.ndarray) -> dict:
+    """The whole test split on the emulated Cortex-M4 in one QEMU run, every inference's instructions counted."""
+    from .errors import ToolchainError
+    from .targets.bench import memory_breakdown, run_counted
+    from .targets.table import get_target
+
+    target = get_target("cortex-m4")
+    t0 = time.perf_counter()
+    try:
+        run = run_counted(lib, target, [xq])
+    except ToolchainError as exc:  # no cross compiler or QEMU: the host results stand alone
+        return {"skipped": str(exc)}
+    y = run.outputs[0]
+    mem = memory_breakdown(run.firmware, run.report)
+    instr = float(np.mean(run.per_sample))
+    macs = run.report["totals"]["macs"]
+    return {
+        "target": target.name, "qemu_machine": target.machine.name, "clock_hz": target.clock_hz,
+        "accuracy": float(np.mean(np.argmax(y, axis=-1) == labels)),
+        "vs_reference_mismatches": int(np.count_nonzero(y != y_ref)),
+        "instructions_per_inference": instr,
+        "instructions_min": int(min(run.per_sample)), "instructions_max": int(max(run.per_sample)),
+        "instructions_per_mac": instr / macs if macs else None,
+        "estimated_ms": target.estimate_cycles(instr) / target.clock_hz * 1e3, "cpi": target.core.cpi,
+        "flash_bytes": mem["flash"]["total"], "flash_model_bytes": mem["flash"]["model_total"],
+        "ram_bytes": mem["ram"]["total"], "arena_bytes": mem["ram"]["arena"],
+        "stack_inference_bytes": run.stats["stack_invoke"],
+        "build_and_run_s": time.perf_counter() - t0,
+    }
+
+
 def run_demo(out: Path, epochs: int = 20, seed: int = 0, console: Console | None = None) -> dict:
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -100,6 +131,7 @@ def run_demo(out: Path, epochs: int = 20, seed: int = 0, console: Console | None
         y_c = run_host(lib, [xq])[0]
         timings["host_build_and_run_s"] = time.perf_counter() - t2
         mismatches = int(np.count_nonzero(y_ref != y_c))
+        m4 = run_on_cortex_m4(lib, xq, y_ref, y_test)
 
         acc = lambda logits: float(np.mean(np.argmax(logits, axis=-1) == y_test))  # noqa: E731
         summary = {
@@ -116,6 +148,7 @@ def run_demo(out: Path, epochs: int = 20, seed: int = 0, console: Console | None
             "const_bytes": report["totals"]["const_bytes"],
             "arena_bytes": report["memory"]["arena_bytes"],
             "timings": timings,
+            "cortex_m4": m4,
         }
         np.save(stage / "test_inputs.npy", x_test)
         np.save(stage / "test_labels.npy", y_test)
@@ -130,12 +163,38 @@ def run_demo(out: Path, epochs: int = 20, seed: int = 0, console: Console | None
     results.add_row("C accuracy (host gcc)", f"{summary['c_accuracy']:.2%}")
     results.add_row("C vs reference: differing outputs",
                     f"[{'green' if mismatches == 0 else 'red'}]{mismatches}[/] of {y_ref.size:,}")
+    if "skipped" not in m4:
+        bad = m4["vs_reference_mismatches"]
+        results.add_row("C accuracy (Cortex-M4 firmware, QEMU)", f"{m4['accuracy']:.2%}")
+        results.add_row("Cortex-M4 vs reference: differing outputs",
+                        f"[{'green' if bad == 0 else 'red'}]{bad}[/] of {y_ref.size:,}")
     results.add_row("torch vs IR float: max |diff|", f"{float_gap:.2e}")
     console.print(results)
     console.print(memory_table(report))
+    if "skipped" in m4:
+        console.print(f"[yellow]Cortex-M4 run skipped:[/] {m4['skipped']}")
+    else:
+        cm = Table(title=f"on {m4['target']} (QEMU {m4['qemu_machine']}; `mcuforge bench` for per-layer counts)",
+                   header_style="bold")
+        cm.add_column("what")
+        cm.add_column("value", justify="right")
+        spread = ("" if m4["instructions_min"] == m4["instructions_max"]
+                  else f" ({m4['instructions_min']:,} .. {m4['instructions_max']:,})")
+        cm.add_row("instructions per inference (exact, mean over the test split)",
+                   f"{m4['instructions_per_inference']:,.0f}{spread}")
+        cm.add_row("instructions per MAC", f"{m4['instructions_per_mac']:.2f}")
+        cm.add_row(f"estimated time at {m4['clock_hz'] / 1e6:g} MHz (CPI {m4['cpi']}, an estimate)",
+                   f"{m4['estimated_ms']:.2f} ms")
+        cm.add_row("flash: firmware total (model code + constants)",
+                   f"{m4['flash_bytes']:,} B ({m4['flash_model_bytes']:,} B)")
+        cm.add_row("RAM: firmware total (arena, stack used by one inference)",
+                   f"{m4['ram_bytes']:,} B ({m4['arena_bytes']:,} B, {m4['stack_inference_bytes']:,} B)")
+        console.print(cm)
     console.print(f"[green]wrote[/] {out}/: model.pt2, lib/ (C library digits.h/.c, report.md), summary.json")
-    if mismatches:
+    if mismatches or m4.get("vs_reference_mismatches"):
         from .errors import McuforgeError
 
-        raise McuforgeError(f"C and the integer reference differ in {mismatches} outputs")
+        where = "host C" if mismatches else "the Cortex-M4 firmware"
+        raise McuforgeError(f"{where} and the integer reference differ in "
+                            f"{mismatches or m4['vs_reference_mismatches']} outputs")
     return summary

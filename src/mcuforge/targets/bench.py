@@ -157,28 +157,41 @@ def _stat(values: list[int]) -> int | float:
     return int(values[0]) if len(set(values)) == 1 else float(np.mean(values))
 
 
+class CountedRun:
+    """A batch run of the plain firmware with instruction counting: outputs, counts, stack, the firmware."""
+
+    def __init__(self, outputs, per_sample, mark_cost, stats, firmware, report):
+        self.outputs, self.per_sample, self.mark_cost = outputs, per_sample, mark_cost
+        self.stats, self.firmware, self.report = stats, firmware, report
+
+
+def run_counted(lib_dir: str | Path, target: Target, inputs: list[np.ndarray], timeout: float = 600) -> CountedRun:
+    """Run a batch on the plain firmware and count the instructions of every inference exactly."""
+    report = load_report(lib_dir)
+    n = check_inputs(report, inputs)
+    if n < 1:
+        raise ToolchainError("counting instructions needs at least one sample")
+    fw = build_firmware(lib_dir, target)
+    res = run_firmware(fw, report, inputs, timeout, count=True)
+    mark_cost, marks = _calibration(res.marks)
+    per_sample = [seq[-1][1] - seq[0][1] - mark_cost for seq in _per_sample(marks)]
+    if len(per_sample) != n:
+        raise ToolchainError(f"instruction counting saw {len(per_sample)} inferences, expected {n}")
+    return CountedRun(res.outputs, per_sample, mark_cost, res.stats, fw, report)
+
+
 def bench(lib_dir: str | Path, target: Target, inputs: list[np.ndarray] | None = None, samples: int = 3,
           seed: int = 0, timeout: float = 600) -> dict:
     """Instructions per inference and per layer, estimated cycles and time, flash and RAM."""
     lib_dir = Path(lib_dir)
     report = load_report(lib_dir)
     inputs = default_inputs(report, samples, seed) if inputs is None else inputs
-    n = check_inputs(report, inputs)
-    if n < 1:
-        raise ToolchainError("bench needs at least one sample")
-
-    plain = build_firmware(lib_dir, target)
-    res = run_firmware(plain, report, inputs, timeout, count=True)
-    mark_cost, marks = _calibration(res.marks)
-    per_sample = []
-    for seq in _per_sample(marks):
-        per_sample.append(seq[-1][1] - seq[0][1] - mark_cost)
-    if len(per_sample) != n:
-        raise ToolchainError(f"instruction counting saw {len(per_sample)} inferences, expected {n}")
+    run = run_counted(lib_dir, target, inputs, timeout)
+    n, per_sample = len(run.per_sample), run.per_sample
 
     prof = build_firmware(lib_dir, target, profile=True)
     pres = run_firmware(prof, report, inputs, timeout, count=True)
-    for a, b in zip(res.outputs, pres.outputs):
+    for a, b in zip(run.outputs, pres.outputs):
         if not np.array_equal(a, b):
             raise ToolchainError("the profiling build computed different outputs than the plain build")
     pcost, pmarks = _calibration(pres.marks)
@@ -217,7 +230,7 @@ def bench(lib_dir: str | Path, target: Target, inputs: list[np.ndarray] | None =
             "per_mac": mean_total / macs if macs else None,
             "layers_sum": float(mean_layers.sum()),
             "outside_layers": _stat(tails),
-            "mark_cost": mark_cost,
+            "mark_cost": run.mark_cost,
         },
         "macs": macs,
         "estimate": {
@@ -225,7 +238,7 @@ def bench(lib_dir: str | Path, target: Target, inputs: list[np.ndarray] | None =
             "time_ms": cycles / target.clock_hz * 1e3, "method": CYCLE_NOTE,
         },
         "layers": layers,
-        **memory_breakdown(plain, report),
-        "stack": {"inference": res.stats["stack_invoke"], "program_peak": res.stats["stack_peak"],
-                  "reserved": res.stats["stack_size"]},
+        **memory_breakdown(run.firmware, report),
+        "stack": {"inference": run.stats["stack_invoke"], "program_peak": run.stats["stack_peak"],
+                  "reserved": run.stats["stack_size"]},
     }
