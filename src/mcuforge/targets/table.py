@@ -159,13 +159,14 @@ BOARDS: dict[str, Board] = {b.name: b for b in (
     Board("nrf5340", "cortex-m33", 512 * K, 1 * M, 128_000_000, "Nordic nRF5340, application core",
           ("nrf5340-dk",)),
     Board("lpc55s69", "cortex-m33", 320 * K, 640 * K, 150_000_000, "NXP LPC55S69 (LPCXpresso55S69)"),
-    Board("stm32u585", "cortex-m33", 768 * K, 2 * M, 160_000_000, "ST STM32U585 (B-U585I-IOT02A)"),
+    Board("stm32u585", "cortex-m33", 768 * K, 2 * M, 160_000_000,
+          "ST STM32U585 (B-U585I-IOT02A): SRAM1-3, contiguous, of its 784 KB"),
     Board("rp2040", "cortex-m0plus", 264 * K, 2 * M, 133_000_000,
           "Raspberry Pi RP2040 (Pico: 2 MB QSPI flash)", ("pico", "raspberry-pi-pico")),
     Board("samd21", "cortex-m0plus", 32 * K, 256 * K, 48_000_000, "Microchip ATSAMD21G18 (Arduino Zero)",
           ("arduino-zero",)),
-    Board("corstone-300", "cortex-m55", 2 * M, 2 * M, 250_000_000,
-          "Arm Corstone-300 (MPS3 AN547 / FVP): 2 MB SRAM for code and weights, 4 MB ISRAM",
+    Board("corstone-300", "cortex-m55", 4 * M, 2 * M, 250_000_000,
+          "Arm Corstone-300 (MPS3 AN547) as QEMU models it: 2 MB SRAM for code and weights, 4 MB ISRAM for data",
           ("an547", "mps3-an547")),
 )}
 
