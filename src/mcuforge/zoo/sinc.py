@@ -60,7 +60,12 @@ class SincConv1d(nn.Module):
         return bp.view(self.out_channels, 1, self.kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv1d(x, self.filters(), stride=self.stride)
+        w = self.filters()
+        if x.shape[1] == 1 and torch.is_grad_enabled():
+            # the same product as conv1d; its backward is several times faster on CPU
+            frames = x[:, 0].unfold(1, self.kernel_size, self.stride)  # N, L', K
+            return torch.einsum("nlk,ok->nol", frames, w[:, 0])
+        return F.conv1d(x, w, stride=self.stride)
 
     def to_conv1d(self) -> nn.Conv1d:
         conv = nn.Conv1d(1, self.out_channels, self.kernel_size, stride=self.stride, bias=False)

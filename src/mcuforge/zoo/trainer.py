@@ -172,6 +172,11 @@ def train(model: str, data: str | None = None, preset: str = "small", out: str |
         metrics["samples"]["val"] = len(va)
         metrics["float"]["val"] = evaluate(spec.task, predict(net, x_va), x_va, va.y, va.meta,
                                            va.info.get("clip") if spec.task == "autoencoder" else None)
+    for extra in (s for s in splits if s not in ("train", "val", "test")):  # e.g. keywords' new_speakers
+        ds = datasets.load(data, extra, preset, root=root, seed=seed)
+        xe = model_inputs(spec, ds.x)
+        metrics["float"][extra] = evaluate(spec.task, predict(net, xe), xe, ds.y, ds.meta,
+                                           ds.info.get("clip") if spec.task == "autoencoder" else None)
     phase("exporting")
     deployable = fix_sinc(net).eval()
     example = torch.from_numpy(x_tr[:1])
