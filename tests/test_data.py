@@ -17,8 +17,10 @@ from mcuforge.errors import DatasetError, McuforgeError
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
-    """Generated sets go to a cache of this test session (shared by its tests)."""
-    monkeypatch.setenv("MCUFORGE_CACHE", str(tmp_path_factory.getbasetemp() / "mcuforge-cache"))
+    """Generated data sets go to a cache of this test session, shared by its xdist workers."""
+    base = tmp_path_factory.getbasetemp()
+    base = base.parent if base.name.startswith("popen-gw") else base
+    monkeypatch.setenv("MCUFORGE_CACHE", str(base / "mcuforge-cache"))
 
 
 # --- keywords ---------------------------------------------------------------------------------------

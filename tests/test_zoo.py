@@ -23,7 +23,10 @@ from mcuforge.zoo.sinc import LogCompression, SincConv1d, fix_sinc
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("MCUFORGE_CACHE", str(tmp_path_factory.getbasetemp() / "mcuforge-cache"))
+    """Generated data sets go to a cache of this test session, shared by its xdist workers."""
+    base = tmp_path_factory.getbasetemp()
+    base = base.parent if base.name.startswith("popen-gw") else base
+    monkeypatch.setenv("MCUFORGE_CACHE", str(base / "mcuforge-cache"))
 
 
 def n_params(model) -> int:
