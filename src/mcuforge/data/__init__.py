@@ -190,7 +190,7 @@ def split_groups(groups: list, fractions: dict[str, float], seed: int) -> dict[s
     counts[first] = len(order) - sum(c for k, c in counts.items() if k != first)
     if counts[first] < 1:
         raise DatasetError(f"{len(order)} groups are too few for the splits {names_}")
-    out, i = {}, 0
+    out, i = {k: set() for k in fractions}, 0
     for k in names_:
         out[k] = set(order[i:i + counts[k]])
         i += counts[k]
