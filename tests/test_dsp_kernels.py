@@ -139,20 +139,57 @@ def _multi_layer_graph(layer, seed: int, layers: int):
     return force_requant_forms(q, rng), rng
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+def dwconv_layer(b: Builder, rng, i: int) -> str:
+    """Depthwise: 3x3 stride 1 (the two-output form, odd and even widths), other sizes, strides, dilations."""
+    c = int(rng.integers(2, 12))
+    m = int(rng.choice([1, 1, 2, 3]))
+    kh, kw = [(3, 3), (3, 3), (int(rng.integers(1, 6)), 3), (int(rng.integers(1, 4)), int(rng.integers(1, 6)))][i % 4]
+    stride = [int(rng.integers(1, 3)), 1 if i % 4 < 3 else int(rng.integers(1, 3))]
+    dil = [1, 1] if rng.random() < 0.7 else [int(rng.integers(1, 3)), 1 if i % 4 < 3 else int(rng.integers(1, 3))]
+    eff_h, eff_w = dil[0] * (kh - 1) + 1, dil[1] * (kw - 1) + 1
+    h, w = int(rng.integers(eff_h, eff_h + 8)), int(rng.integers(eff_w, eff_w + 8))
+    pads = [int(rng.integers(0, eff_h)), int(rng.integers(0, eff_h)), int(rng.integers(0, eff_w)),
+            int(rng.integers(0, eff_w))]
+    x = b.input((1, h, w, c))
+    inputs = [x, b.const("w", rng.normal(size=(c * m, kh, kw, 1)))]
+    if rng.random() < 0.8:
+        inputs.append(b.const("b", rng.normal(size=c * m) * 3))
+    act = [dict(), dict(act_min=0.0), dict(act_min=0.0, act_max=6.0), dict(act_min=-1.0, act_max=1.0)][
+        int(rng.integers(4))]
+    return b.op("conv2d", inputs, stride=stride, dilation=dil, pads=pads, groups=c, **act)
+
+
+CONV_SEEDS, DW_SEEDS = (0, 1, 2), (0, 1)
+
+
+@pytest.mark.parametrize("seed", CONV_SEEDS)
 def test_conv2d_dsp_bit_exact(seed):
     q, rng = _multi_layer_graph(conv_layer, seed, 16)
     src = check_dsp(q, rng)
-    used = calls(src, "mf_conv")
+    used = calls(src, "mf_(?:dw)?conv")
     assert len(used) == 16 and all("dsp" in c for c in used), used
 
 
-def test_conv2d_dsp_covers_all_variants():
+@pytest.mark.parametrize("seed", DW_SEEDS)
+def test_depthwise_dsp_bit_exact(seed):
+    q, rng = _multi_layer_graph(dwconv_layer, 100 + seed, 16)
+    src = check_dsp(q, rng)
+    used = calls(src, "mf_(?:dw)?conv")
+    assert len(used) == 16 and all(c.startswith("mf_dwconv_dsp") for c in used), used
+
+
+def _variants(layer, seeds, offset=0) -> set[str]:
     seen = set()
-    for seed in range(10, 14):
-        q, _ = _multi_layer_graph(conv_layer, seed, 16)
+    for seed in seeds:
+        q, _ = _multi_layer_graph(layer, offset + seed, 16)
         with tempfile.TemporaryDirectory() as d:
             generate(q, Path(d) / "lib", target=M4)
-            seen |= set(calls((Path(d) / "lib" / "model.c").read_text(), "mf_conv"))
-    assert {"mf_conv_dsp_s8_fast", "mf_conv_dsp_s8_fast_clamp", "mf_conv_dsp_s8_exact",
-            "mf_conv_dsp_s8_exact_clamp"} <= seen, seen
+            seen |= set(calls((Path(d) / "lib" / "model.c").read_text(), r"mf_\w+_dsp"))
+    return seen
+
+
+def test_dsp_tests_cover_every_variant():
+    """The seeds above exercise both requantization forms, with and without the clamp, per kernel."""
+    seen = _variants(conv_layer, CONV_SEEDS) | _variants(dwconv_layer, DW_SEEDS, 100)
+    want = {f"mf_{k}_dsp_s8_{v}" for k in ("conv", "dwconv") for v in ("fast", "fast_clamp", "exact", "exact_clamp")}
+    assert want <= seen, want - seen

@@ -118,6 +118,8 @@ def emit_conv2d(op, node: Node, graph: Graph, ctx) -> str | None:
     o, kh, kw, cg = wt.shape
     if wt.dtype != "int8" or x.dtype != "int8" or y.dtype != "int8" or x.shape[0] != 1:
         return None
+    if groups > 1 and cg == 1:
+        return emit_dwconv(op, node, graph, ctx)
     og = o // groups
     og_pad = og + (og & 1)
     k = kh * kw * cg
@@ -145,3 +147,65 @@ def emit_conv2d(op, node: Node, graph: Graph, ctx) -> str | None:
     )
     return (f"mf_conv_dsp_s8_{variant}(&{p}, {ctx.buf(node.inputs[0])}, {ctx.buf(node.outputs[0])}, "
             f"{scratch});")
+
+
+def emit_dwconv(op, node: Node, graph: Graph, ctx) -> str:
+    """Depthwise conv2d (groups = in_c, weights [C m, KH, KW, 1]) -> mf_dwconv_dsp.c."""
+    x, wt, y = t_in(graph, node, 0), t_in(graph, node, 1), t_out(graph, node)
+    a = node.attrs
+    o, kh, kw, _ = wt.shape
+    _, h, wd, c = x.shape
+    _, oh, ow, _ = y.shape
+    (sh, sw), (dh, dw), pads = a["stride"], a["dilation"], a["pads"]
+    w = wt.data.astype(np.int64).reshape(o, kh, kw)
+    mult, shift, (lo, hi) = op.requant(node, graph)
+    bias = _bias(graph, node, o)
+    zp_x, zp_y = int(x.quant.zp), int(y.quant.zp)
+    amin, amax = acc_range(w.reshape(o, -1), bias, zp_x)
+    fast = fast_requant_ok(amin, amax, mult, shift, zp_y)
+    scale = 2 if fast else 1  # the fast variants keep 2 acc: weights and bias doubled (2 w fits int16)
+    folded = bias - zp_x * w.reshape(o, -1).sum(axis=1)
+    rec = requant_records(folded, mult, shift, zp_y, fast, bias_scale=scale)
+    # The kernel's rows: the input's rows, or its columns (transposed) where that makes them long
+    # and 3-wide at stride 1 (the two-output form).
+    three_n = kw == 3 and sw == 1 and dw == 1
+    three_t = kh == 3 and sh == 1 and dh == 1
+    transposed = three_t and (not three_n or oh > ow)
+    if transposed:
+        geo = dict(in_h=wd, in_w=h, in_sy=c, in_sx=wd * c, out_h=ow, out_w=oh, out_sy=c * (o // c),
+                   out_sx=ow * o, k=(kw, kh), s=(sw, sh), d=(dw, dh), pad=(pads[2], pads[0]))
+        w = w.transpose(0, 2, 1)
+    else:
+        geo = dict(in_h=h, in_w=wd, in_sy=wd * c, in_sx=c, out_h=oh, out_w=ow, out_sy=ow * o, out_sx=o,
+                   k=(kh, kw), s=(sh, sw), d=(dh, dw), pad=(pads[0], pads[2]))
+    vkh, vkw = geo["k"]
+    three = vkw == 3 and geo["s"][1] == 1 and geo["d"][1] == 1
+    ws = w * scale
+    if three:  # per row (w0, w1), (w1, w2)
+        pairs = np.stack([ws[:, :, 0:2], ws[:, :, 1:3]], axis=2)  # [o, kh, 2, 2]
+    else:  # per row (w[2i], w[2i+1]), zero-padded
+        kp = (vkw + 1) // 2
+        padded = np.zeros((o, vkh, 2 * kp), np.int64)
+        padded[:, :, :vkw] = ws
+        pairs = padded
+    pairs = pairs.reshape(o, -1, 2)
+    words = (pairs[:, :, 0] & 0xFFFF) | ((pairs[:, :, 1] & 0xFFFF) << 16)
+    blob = np.concatenate([words, rec & 0xFFFFFFFF], axis=1)  # per channel: weights, then its record
+    plane_h = (geo["out_h"] - 1) * geo["s"][0] + (vkh - 1) * geo["d"][0] + 1
+    plane_w = (geo["out_w"] - 1) * geo["s"][1] + (vkw - 1) * geo["d"][1] + 1 + 2
+    plane_w += plane_w & 1
+    ctx.use_kernel_files(*HEADERS, "mf_dwconv_dsp.c")
+    w_id = ctx.array(node.name + "_wq", blob, "uint32_t")
+    scratch = ctx.scratch(2 * (plane_h * plane_w + 2))
+    p = ctx.ident(node.name + "_p")
+    g = geo
+    ctx.decl(
+        f"static const mf_dwconv_dsp_params {p} = {{\n"
+        f"  {g['in_h']}, {g['in_w']}, {g['in_sy']}, {g['in_sx']}, {c}, {o // c},\n"
+        f"  {g['out_h']}, {g['out_w']}, {g['out_sy']}, {g['out_sx']},\n"
+        f"  {vkh}, {vkw}, {g['s'][0]}, {g['s'][1]}, {g['d'][0]}, {g['d'][1]}, {g['pad'][0]}, {g['pad'][1]},\n"
+        f"  {zp_x}, {plane_h}, {plane_w}, {int(three)}, {lo}, {hi}, {w_id}\n}};"
+        + (" /* transposed: kernel rows are the input's columns */" if transposed else "")
+    )
+    return (f"mf_dwconv_dsp_s8_{_variant(fast, lo, hi)}(&{p}, {ctx.buf(node.inputs[0])}, "
+            f"{ctx.buf(node.outputs[0])}, {scratch});")

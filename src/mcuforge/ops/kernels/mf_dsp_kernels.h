@@ -35,6 +35,35 @@ void mf_conv_dsp_s8_fast_clamp(const mf_conv_dsp_params *p, const int8_t *in, in
 void mf_conv_dsp_s8_exact(const mf_conv_dsp_params *p, const int8_t *in, int8_t *out, uint32_t *scratch);
 void mf_conv_dsp_s8_exact_clamp(const mf_conv_dsp_params *p, const int8_t *in, int8_t *out, uint32_t *scratch);
 
+/* Depthwise convolution (groups = in_c, depth multiplier m). Per input channel, the plane
+ * (the part of the padded input the outputs read) is widened to int16 in the scratch
+ * buffer; pairs of adjacent taps are then one word, multiplied with SMLAD against
+ * (w[kx], w[kx+1]) pairs. 3-wide kernels at stride 1 along the row compute two outputs per
+ * pass. The kernel sees a possibly transposed geometry ("virtual" rows and columns, chosen
+ * by the generator so that rows are long and 3-wide): in_sy, in_sx and out_sy, out_sx are
+ * the element strides of a virtual row and column step in the NHWC input and output.
+ * Weights, per output channel, followed by its MF_Q_WORDS record: k_h rows of
+ * ceil(k_w / 2) words (w[2i], w[2i+1]), or for the 3-wide form k_h rows of (w0, w1),
+ * (w1, w2); doubled (2 w) in the fast variants, whose bias is doubled too.
+ * Scratch: 2 * plane_h * plane_w + 4 bytes. */
+typedef struct {
+    int32_t in_h, in_w, in_sy, in_sx, in_c, mult;
+    int32_t out_h, out_w, out_sy, out_sx;
+    int32_t k_h, k_w, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left;
+    int32_t pad_value;          /* the input zero point */
+    int32_t plane_h, plane_w;   /* plane_w even */
+    int32_t three;              /* 1: the 3-wide, stride-1 form */
+    int32_t act_min, act_max;
+    const uint32_t *w;          /* per output channel: packed weights, then its record */
+} mf_dwconv_dsp_params;
+
+void mf_dwconv_dsp_s8_fast(const mf_dwconv_dsp_params *p, const int8_t *in, int8_t *out, uint32_t *scratch);
+void mf_dwconv_dsp_s8_fast_clamp(const mf_dwconv_dsp_params *p, const int8_t *in, int8_t *out,
+                                 uint32_t *scratch);
+void mf_dwconv_dsp_s8_exact(const mf_dwconv_dsp_params *p, const int8_t *in, int8_t *out, uint32_t *scratch);
+void mf_dwconv_dsp_s8_exact_clamp(const mf_dwconv_dsp_params *p, const int8_t *in, int8_t *out,
+                                  uint32_t *scratch);
+
 #ifdef __cplusplus
 }
 #endif
