@@ -14,6 +14,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +152,7 @@ def _table_graph(op: str, sx: float, zx: int, sy: float, zy: int, **attrs) -> Gr
 
 @pytest.mark.parametrize("kind", ["sigmoid", "tanh", "relu", "relu6", "leaky_relu", "quantize"])
 def test_tflm_tables_all_int8_values(kind):
-    rng = np.random.default_rng(hash(kind) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(kind.encode()))
     x = np.arange(-128, 128, dtype=np.int64).astype(np.int8).reshape(1, 256)
     for _ in range(25):
         sx = float(np.float32(10.0 ** rng.uniform(-3, 0.5)))
@@ -183,6 +184,32 @@ def test_tflm_tables_all_int8_values(kind):
         want = run_tflm(to_tflite_bytes(g), [x])[0].reshape(1, 256)
         got = reference.run(g, [x], "int")[0]
         compare("y", got, want, f"{kind} table (s_x {sx}, zp_x {zx}, s_y {sy}, zp_y {zy})", g)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_pad_and_mean_any_rank(seed):
+    """pad and mean on rank 2..4 tensors, every axis combination: reference == TFLM == host C."""
+    rng = np.random.default_rng(seed)
+    rank = 2 + seed % 3
+    shape = (1,) + tuple(int(d) for d in rng.integers(1, 7, size=rank - 1))
+    g = Graph(f"pm{seed}")
+    qx = QuantParams.per_tensor(float(np.float32(10.0 ** rng.uniform(-2, 1))), int(rng.integers(-128, 128)))
+    g.add_tensor(Tensor("x", shape, "int8", qx))
+    pads = [0, 0] + [int(v) for v in rng.integers(0, 3, size=2 * (rank - 1))]
+    g.add_tensor(Tensor("p", tuple(d + pads[2 * i] + pads[2 * i + 1] for i, d in enumerate(shape)), "int8", qx))
+    g.add_node("pad", ["x"], ["p"], name="pad", pads=pads, value=float(rng.choice([0.0, rng.normal()])))
+    axes = sorted({int(a) for a in rng.choice(np.arange(1, rank), size=int(rng.integers(1, rank)))})
+    keep = bool(seed % 2)
+    ps = g.tensors["p"].shape
+    mshape = tuple(1 if d in axes else s for d, s in enumerate(ps)) if keep else \
+        tuple(s for d, s in enumerate(ps) if d not in axes)
+    qy = qx if seed % 4 == 0 else QuantParams.per_tensor(float(np.float32(qx.s * 2.0 ** rng.uniform(-2, 2))),
+                                                        int(rng.integers(-128, 128)))
+    g.add_tensor(Tensor("m", mshape, "int8", qy))
+    g.add_node("mean", ["p"], ["m"], name="mean", axes=axes, keepdims=keep)
+    g.inputs, g.outputs = ["x"], ["m", "p"]
+    g.validate()
+    check_vs_tflm(g, random_inputs(g, rng, N_INPUTS))
 
 
 # --- errors -------------------------------------------------------------------------------------------
