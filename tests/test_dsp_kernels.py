@@ -134,7 +134,7 @@ def _multi_layer_graph(layer, seed: int, layers: int):
     rng = np.random.default_rng(seed)
     b = Builder(f"dsp{seed}")
     outs = [layer(b, rng, i) for i in range(layers)]
-    q = quantize_random(b.finish(*outs), rng)
+    q = quantize_random(b.finish(*outs), rng, per_channel_dense=bool(seed % 2))
     perturb_quant(q, rng, prob=0.4)
     return force_requant_forms(q, rng), rng
 
@@ -178,6 +178,31 @@ def test_depthwise_dsp_bit_exact(seed):
     assert len(used) == 16 and all(c.startswith("mf_dwconv_dsp") for c in used), used
 
 
+def fc_layer(b: Builder, rng, i: int) -> str:
+    """Row counts, feature counts not multiples of 4 or 8, narrow and wide layers."""
+    lead = [(1,), (1,), (1, 3), (1, 2, 3)][i % 4]
+    k = [int(rng.integers(1, 12)), int(rng.integers(12, 80)), int(rng.integers(1, 300)), 8][i % 4]
+    o = [int(rng.integers(1, 9)), int(rng.integers(9, 40)), int(rng.integers(1, 20)), 128][(i // 4) % 4]
+    x = b.input(lead + (k,))
+    inputs = [x, b.const("w", rng.normal(size=(o, k)))]
+    if rng.random() < 0.8:
+        inputs.append(b.const("b", rng.normal(size=o) * 3))
+    act = [dict(), dict(act_min=0.0), dict(act_min=0.0, act_max=6.0), dict(act_min=-1.0, act_max=1.0)][
+        int(rng.integers(4))]
+    return b.op("fully_connected", inputs, **act)
+
+
+FC_SEEDS = (0, 1)
+
+
+@pytest.mark.parametrize("seed", FC_SEEDS)
+def test_fully_connected_dsp_bit_exact(seed):
+    q, rng = _multi_layer_graph(fc_layer, 200 + seed, 16)
+    src = check_dsp(q, rng)
+    used = calls(src, "mf_fc")
+    assert len(used) == 16 and all(c.startswith("mf_fc_dsp") for c in used), used
+
+
 def _variants(layer, seeds, offset=0) -> set[str]:
     seen = set()
     for seed in seeds:
@@ -190,6 +215,8 @@ def _variants(layer, seeds, offset=0) -> set[str]:
 
 def test_dsp_tests_cover_every_variant():
     """The seeds above exercise both requantization forms, with and without the clamp, per kernel."""
-    seen = _variants(conv_layer, CONV_SEEDS) | _variants(dwconv_layer, DW_SEEDS, 100)
-    want = {f"mf_{k}_dsp_s8_{v}" for k in ("conv", "dwconv") for v in ("fast", "fast_clamp", "exact", "exact_clamp")}
+    seen = _variants(conv_layer, CONV_SEEDS) | _variants(dwconv_layer, DW_SEEDS, 100) | \
+        _variants(fc_layer, FC_SEEDS, 200)
+    want = {f"mf_{k}_dsp_s8_{v}" for k in ("conv", "dwconv", "fc")
+            for v in ("fast", "fast_clamp", "exact", "exact_clamp")}
     assert want <= seen, want - seen

@@ -55,6 +55,12 @@ class FullyConnected(OpDef):
         return rows * o * k
 
     def emit_c(self, node, graph, ctx):
+        if ctx.target.has_dsp:  # fast kernel for DSP-extension cores (ops/dsp.py)
+            from .dsp import emit_fc
+
+            code = emit_fc(self, node, graph, ctx)
+            if code:
+                return code
         x, w, y = t_in(graph, node, 0), t_in(graph, node, 1), t_out(graph, node)
         mult, shift, (lo, hi) = self.requant(node, graph)
         p = ctx.ident(node.name + "_p")

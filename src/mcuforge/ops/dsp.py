@@ -209,3 +209,30 @@ def emit_dwconv(op, node: Node, graph: Graph, ctx) -> str:
     )
     return (f"mf_dwconv_dsp_s8_{_variant(fast, lo, hi)}(&{p}, {ctx.buf(node.inputs[0])}, "
             f"{ctx.buf(node.outputs[0])}, {scratch});")
+
+
+# --- fully_connected -----------------------------------------------------------------------------
+
+def emit_fc(op, node: Node, graph: Graph, ctx) -> str | None:
+    x, wt, y = t_in(graph, node, 0), t_in(graph, node, 1), t_out(graph, node)
+    if wt.dtype != "int8" or x.dtype != "int8" or y.dtype != "int8":
+        return None
+    o, k = wt.shape
+    rows = int(np.prod(x.shape[:-1]))
+    chunks = -(-k // 8) * 2
+    w = wt.data.astype(np.int64).reshape(o, k)
+    rec, variant, lo, hi = _requant_setup(op, node, graph, w)
+    o4 = -(-o // 4) * 4
+    wp = np.zeros((o4, chunks * 4), np.int64)
+    wp[:o, :k] = w
+    # [group, 4 features, chunks, 4] -> [group, chunks, 4 features, 4]
+    words = pack_words(wp.reshape(o4 // 4, 4, chunks, 4).transpose(0, 2, 1, 3))
+    rq = np.zeros((o4, Q_WORDS), np.int64)
+    rq[:o] = rec
+    ctx.use_kernel_files(*HEADERS, "mf_dense_dsp.c")
+    w_id = ctx.array(node.name + "_wpk", words, "uint32_t")
+    q_id = ctx.array(node.name + "_q", rq, "int32_t")
+    scratch = ctx.scratch(8 * chunks)
+    p = ctx.ident(node.name + "_p")
+    ctx.decl(f"static const mf_fc_dsp_params {p} = {{ {rows}, {k}, {o}, {chunks}, {lo}, {hi}, {q_id}, {w_id} }};")
+    return f"mf_fc_dsp_s8_{variant}(&{p}, {ctx.buf(node.inputs[0])}, {ctx.buf(node.outputs[0])}, {scratch});"

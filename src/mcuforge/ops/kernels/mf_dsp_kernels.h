@@ -64,6 +64,23 @@ void mf_dwconv_dsp_s8_exact(const mf_dwconv_dsp_params *p, const int8_t *in, int
 void mf_dwconv_dsp_s8_exact_clamp(const mf_dwconv_dsp_params *p, const int8_t *in, int8_t *out,
                                   uint32_t *scratch);
 
+/* Fully connected: each input row is widened once to int16 chunks (as the conv columns);
+ * 4 output features per pass share the input loads. Weights: per group of 4 output
+ * features (zero features pad the last group), per chunk of 4 inputs, the 4 features'
+ * int8 words. Scratch: 8 * chunks bytes. */
+typedef struct {
+    int32_t rows, in_features, out_features;
+    int32_t chunks;             /* ceil(in_features / 8) * 2: always even */
+    int32_t act_min, act_max;
+    const int32_t *q;           /* per output feature (padded to a multiple of 4): MF_Q_WORDS words */
+    const uint32_t *w;          /* packed weights */
+} mf_fc_dsp_params;
+
+void mf_fc_dsp_s8_fast(const mf_fc_dsp_params *p, const int8_t *in, int8_t *out, uint32_t *scratch);
+void mf_fc_dsp_s8_fast_clamp(const mf_fc_dsp_params *p, const int8_t *in, int8_t *out, uint32_t *scratch);
+void mf_fc_dsp_s8_exact(const mf_fc_dsp_params *p, const int8_t *in, int8_t *out, uint32_t *scratch);
+void mf_fc_dsp_s8_exact_clamp(const mf_fc_dsp_params *p, const int8_t *in, int8_t *out, uint32_t *scratch);
+
 #ifdef __cplusplus
 }
 #endif
