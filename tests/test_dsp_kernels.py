@@ -71,13 +71,16 @@ def calls(src: str, kernel: str) -> list[str]:
 
 
 def force_requant_forms(q, rng, prob=0.3):
-    """Give some conv/fc outputs scales whose multipliers are >= 0.5 (no right shift) or > 1
+    """Give some conv/fc/add outputs scales whose multipliers are >= 0.5 (no right shift) or > 1
     (a left shift): layers the fast requantization does not cover."""
     for node in q.nodes:
-        if node.op not in ("conv2d", "fully_connected") or rng.random() >= prob:
+        if node.op not in ("conv2d", "fully_connected", "add") or rng.random() >= prob:
             continue
         sx = q.tensors[node.inputs[0]].quant.s
-        sw = float(np.max(q.tensors[node.inputs[1]].quant.scale))
+        if node.op == "add":  # the output multiplier is 2 max(s_a, s_b) / (2^20 s_y)
+            sw = 2 * max(sx, q.tensors[node.inputs[1]].quant.s) / 2.0**20 / sx
+        else:
+            sw = float(np.max(q.tensors[node.inputs[1]].quant.scale))
         out = q.tensors[node.outputs[0]]
         factor = float(rng.choice([0.7, 1.0, 3.0]))
         out.quant = QuantParams.per_tensor(np.float32(sx * sw / factor), out.quant.zp)
@@ -203,6 +206,30 @@ def test_fully_connected_dsp_bit_exact(seed):
     assert len(used) == 16 and all(c.startswith("mf_fc_dsp") for c in used), used
 
 
+def add_layer(b: Builder, rng, i: int) -> str:
+    """Same-shape adds (the DSP kernel; odd sizes, in place or not) and, every 8th, a broadcast one."""
+    shape = (1, int(rng.integers(1, 7)), int(rng.integers(1, 7)), int(rng.integers(1, 9)))
+    x = b.input(shape)
+    if i % 8 == 7:
+        y = b.input((1, 1, shape[2], shape[3]), "y")
+    else:
+        y = b.op("leaky_relu", [b.input(shape, "y")], alpha=0.5) if i % 3 == 0 else b.input(shape, "y")
+    act = [dict(), dict(act_min=0.0), dict(act_min=0.0, act_max=6.0), dict(act_min=-1.0, act_max=1.0)][
+        int(rng.integers(4))]
+    return b.op("add", [x, y] if rng.random() < 0.5 else [y, x], **act)
+
+
+ADD_SEEDS = (0, 1)
+
+
+@pytest.mark.parametrize("seed", ADD_SEEDS)
+def test_add_dsp_bit_exact(seed):
+    q, rng = _multi_layer_graph(add_layer, 300 + seed, 16)
+    src = check_dsp(q, rng)
+    used = calls(src, "mf_add")
+    assert len(used) == 16 and sum(c.startswith("mf_add_dsp") for c in used) == 14, used
+
+
 def _variants(layer, seeds, offset=0) -> set[str]:
     seen = set()
     for seed in seeds:
@@ -216,7 +243,7 @@ def _variants(layer, seeds, offset=0) -> set[str]:
 def test_dsp_tests_cover_every_variant():
     """The seeds above exercise both requantization forms, with and without the clamp, per kernel."""
     seen = _variants(conv_layer, CONV_SEEDS) | _variants(dwconv_layer, DW_SEEDS, 100) | \
-        _variants(fc_layer, FC_SEEDS, 200)
-    want = {f"mf_{k}_dsp_s8_{v}" for k in ("conv", "dwconv", "fc")
+        _variants(fc_layer, FC_SEEDS, 200) | _variants(add_layer, ADD_SEEDS, 300)
+    want = {f"mf_{k}_dsp_s8_{v}" for k in ("conv", "dwconv", "fc", "add")
             for v in ("fast", "fast_clamp", "exact", "exact_clamp")}
     assert want <= seen, want - seen

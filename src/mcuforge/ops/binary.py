@@ -62,6 +62,12 @@ class _Binary(OpDef):
         raise NotImplementedError
 
     def emit_c(self, node, graph, ctx):
+        if ctx.target.has_dsp and self.name == "add":  # fast kernel for DSP-extension cores (ops/dsp.py)
+            from .dsp import emit_add
+
+            code = emit_add(self, node, graph, ctx)
+            if code:
+                return code
         a, b, y = t_in(graph, node, 0), t_in(graph, node, 1), t_out(graph, node)
         prm = self.params(node, graph)
         lo, hi = quantized_activation_range(node, y.quant)

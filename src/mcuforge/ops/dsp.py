@@ -236,3 +236,36 @@ def emit_fc(op, node: Node, graph: Graph, ctx) -> str | None:
     p = ctx.ident(node.name + "_p")
     ctx.decl(f"static const mf_fc_dsp_params {p} = {{ {rows}, {k}, {o}, {chunks}, {lo}, {hi}, {q_id}, {w_id} }};")
     return f"mf_fc_dsp_s8_{variant}(&{p}, {ctx.buf(node.inputs[0])}, {ctx.buf(node.outputs[0])}, {scratch});"
+
+
+# --- add ------------------------------------------------------------------------------------------
+
+def emit_add(op, node: Node, graph: Graph, ctx) -> str | None:
+    """Same-shape int8 add -> mf_binary_dsp.c (two 256-entry tables of each input's exact rescaling)."""
+    from ..quant.fixedpoint import multiply_by_quantized_multiplier
+
+    a, b, y = t_in(graph, node, 0), t_in(graph, node, 1), t_out(graph, node)
+    if a.shape != b.shape or a.shape != y.shape or {a.dtype, b.dtype, y.dtype} != {"int8"}:
+        return None
+    prm = op.params(node, graph)
+    v = np.arange(-128, 128, dtype=np.int64)
+    ls = prm["left_shift"]
+    ta = 2 * multiply_by_quantized_multiplier((v - a.quant.zp) << ls, prm["a_mult"], prm["a_shift"])
+    tb = 2 * multiply_by_quantized_multiplier((v - b.quant.zp) << ls, prm["b_mult"], prm["b_shift"])
+    ta, tb = np.asarray(ta, np.int64), np.asarray(tb, np.int64)
+    smin, smax = int(ta.min() + tb.min()), int(ta.max() + tb.max())
+    if min(ta.min(), tb.min(), smin) < INT32_MIN or max(ta.max(), tb.max(), smax) > INT32_MAX:
+        return None  # the doubled sums would not fit the kernel's int32
+    lo, hi = quantized_activation_range(node, y.quant)
+    zp_y = int(y.quant.zp)
+    mult, shift = np.array([prm["out_mult"]]), np.array([prm["out_shift"]])
+    fast = fast_requant_ok([smin // 2], [smax // 2], mult, shift, zp_y)
+    rec = requant_records([0], mult, shift, zp_y, fast)[0]
+    ctx.use_kernel_files(*HEADERS, "mf_binary_dsp.c")
+    ta_id = ctx.array(node.name + "_ta", ta, "int32_t")
+    tb_id = ctx.array(node.name + "_tb", tb, "int32_t")
+    p = ctx.ident(node.name + "_p")
+    ctx.decl(f"static const mf_add_dsp_params {p} = {{ {y.size}, {ta_id} + 128, {tb_id} + 128, "
+             f"{rec[1]}, {rec[2]}, {rec[3]}, {lo}, {hi} }};")
+    return (f"mf_add_dsp_s8_{_variant(fast, lo, hi)}(&{p}, {ctx.buf(node.inputs[0])}, {ctx.buf(node.inputs[1])}, "
+            f"{ctx.buf(node.outputs[0])});")

@@ -81,6 +81,22 @@ void mf_fc_dsp_s8_fast_clamp(const mf_fc_dsp_params *p, const int8_t *in, int8_t
 void mf_fc_dsp_s8_exact(const mf_fc_dsp_params *p, const int8_t *in, int8_t *out, uint32_t *scratch);
 void mf_fc_dsp_s8_exact_clamp(const mf_fc_dsp_params *p, const int8_t *in, int8_t *out, uint32_t *scratch);
 
+/* Elementwise add of two int8 tensors of the same shape (TFLite ADD). Each input's rescaling
+ * MBQM((x - zp) << 20, M, shift) takes only 256 values: the generator tabulates twice it
+ * (exactly, with the integer reference's own arithmetic), so an element costs two table
+ * loads, an add and the output requantization. The output may be one of the inputs. */
+typedef struct {
+    int32_t size;
+    const int32_t *table_a, *table_b; /* the entries for 0 of 256-entry tables (-128..127) */
+    int32_t mult, a, b;               /* output requantization: C, e (fast) or shift, zp (exact) */
+    int32_t act_min, act_max;
+} mf_add_dsp_params;
+
+void mf_add_dsp_s8_fast(const mf_add_dsp_params *p, const int8_t *x, const int8_t *y, int8_t *out);
+void mf_add_dsp_s8_fast_clamp(const mf_add_dsp_params *p, const int8_t *x, const int8_t *y, int8_t *out);
+void mf_add_dsp_s8_exact(const mf_add_dsp_params *p, const int8_t *x, const int8_t *y, int8_t *out);
+void mf_add_dsp_s8_exact_clamp(const mf_add_dsp_params *p, const int8_t *x, const int8_t *y, int8_t *out);
+
 #ifdef __cplusplus
 }
 #endif
