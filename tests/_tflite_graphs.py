@@ -106,6 +106,8 @@ def random_tflite_graph(seed: int, max_nodes: int = 8) -> Graph:
     """A random graph the exporter accepts (draws again, deterministically, on a refusal)."""
     for attempt in range(20):
         q = _random_graph(seed * 1000 + attempt, max_nodes)
+        if not _accumulators_fit(q):
+            continue
         try:
             to_tflite_bytes(q)
         except UnsupportedOpError:
@@ -113,6 +115,16 @@ def random_tflite_graph(seed: int, max_nodes: int = 8) -> Graph:
         q.name = f"tfl{seed}"
         return q
     raise AssertionError(f"seed {seed}: no exportable graph in 20 draws")
+
+
+def _accumulators_fit(q: Graph) -> bool:
+    """bias + sum((x - zp) w) stays in int32 (C and TFLM accumulate in int32; the reference does not)."""
+    for n in q.nodes:
+        if n.op in ("conv2d", "fully_connected") and len(n.inputs) > 2 and n.inputs[2]:
+            k = int(np.prod(q.tensors[n.inputs[1]].shape[1:]))
+            if np.abs(q.tensors[n.inputs[2]].data.astype(np.int64)).max() > 2**31 - 1 - k * 255 * 128:
+                return False
+    return True
 
 
 def _random_graph(seed: int, max_nodes: int) -> Graph:
