@@ -45,6 +45,7 @@ HEAP_BYTES = 1024  # newlib allocates its stdio FILE structures (428 B) for semi
 
 DEBIAN_PACKAGES = {
     "arm-none-eabi-gcc": "gcc-arm-none-eabi",
+    "arm-none-eabi-nm": "binutils-arm-none-eabi",
     "qemu-system-arm": "qemu-system-arm",
     "gcc": "gcc",
 }
@@ -201,19 +202,19 @@ def _fit_error(target: Target, report: dict, stderr: str) -> DoesNotFitError | N
     if not found:
         return None
     arena = report["memory"]["arena_bytes"]
+    scratch = report["memory"].get("scratch_bytes") or 0
     consts = report["totals"]["const_bytes"]
     parts = []
     for region, over in found.items():
         size = target.ram if region == "RAM" else target.flash
         if region == "RAM":
-            detail = (f"the model's activation arena takes {arena:,} B, plus "
-                      f"{STACK_BYTES:,} B stack and the runtime's data")
-            option = "--ram"
+            detail = (f"the model's activation arena takes {arena:,} B"
+                      + (f" and its kernel scratch {scratch:,} B" if scratch else "")
+                      + f", plus {STACK_BYTES:,} B stack, {HEAP_BYTES:,} B heap and the runtime's data")
         else:
             detail = f"the model's weights and constants take {consts:,} B, plus its code and the runtime's"
-            option = "--flash"
         parts.append(f"region {region} overflowed by {over:,} bytes: {detail}, and {target.name} has "
-                     f"{format_size(size)} {region}")
+                     f"{format_size(size)} of {'RAM' if region == 'RAM' else 'flash'}")
     return DoesNotFitError(f"the model does not fit {target.name}: " + "; ".join(parts) +
                            f". Use a bigger target (or a board with more memory), set the size with "
                            f"{' / '.join(('--ram' if r == 'RAM' else '--flash') for r in found)} "
