@@ -154,7 +154,10 @@ def quantize_weight_and_bias(node: Node, graph: Graph, per_channel: bool) -> Non
         bt = graph.tensors[node.inputs[2]]
         sx = np.float64(graph.tensors[node.inputs[0]].quant.s)
         bscale = (sx * scale.astype(np.float64)) * np.ones(o)
-        bq = np.clip(round_half_away(bt.data.astype(np.float64) / bscale), -(2**31), 2**31 - 1)
+        # The kernels accumulate bias + sum((x - zp_x) * w) in int32: leave room for the sum
+        # (|x - zp_x| <= 255, |w| <= 128, K terms) so that the accumulator cannot overflow.
+        limit = 2**31 - 1 - int(np.prod(wt.shape[1:])) * 255 * 128
+        bq = np.clip(round_half_away(bt.data.astype(np.float64) / bscale), -limit, limit)
         bt.data = bq.astype(np.int32)
         bt.dtype = "int32"
         bt.quant = QuantParams(bscale.astype(np.float32), np.zeros(o, np.int64), 0)

@@ -61,10 +61,12 @@ void mf_softmax_s8(const int8_t *in, int8_t *out, int32_t rows, int32_t depth,
         int32_t max_in_row = -128, sum_of_exps = 0, shifted_scale;
         int headroom_plus_one, num_bits_over_unit;
         for (c = 0; c < depth; ++c) max_in_row = MF_MAX(max_in_row, (int32_t)x[c]);
+        /* diff >= diff_min keeps diff * 2^left_shift within int32; the shift is done on
+         * unsigned bits because left_shift may be 31, where (1 << 31) is undefined. */
         for (c = 0; c < depth; ++c) {
             const int32_t diff = (int32_t)x[c] - max_in_row;
             if (diff >= diff_min) {
-                const int32_t scaled = mf_srdhm(diff * (1 << left_shift), mult);
+                const int32_t scaled = mf_srdhm(mf_shl_wrap(diff, left_shift), mult);
                 sum_of_exps += mf_rdbpot(mf_exp_on_negative_values(scaled), 12);
             }
         }
@@ -75,7 +77,7 @@ void mf_softmax_s8(const int8_t *in, int8_t *out, int32_t rows, int32_t depth,
         for (c = 0; c < depth; ++c) {
             const int32_t diff = (int32_t)x[c] - max_in_row;
             if (diff >= diff_min) {
-                const int32_t scaled = mf_srdhm(diff * (1 << left_shift), mult);
+                const int32_t scaled = mf_srdhm(mf_shl_wrap(diff, left_shift), mult);
                 const int32_t e = mf_exp_on_negative_values(scaled);
                 const int32_t unsat = mf_rdbpot(mf_srdhm(shifted_scale, e), num_bits_over_unit + 31 - 8);
                 y[c] = (int8_t)MF_CLAMP(unsat - 128, -128, 127);
