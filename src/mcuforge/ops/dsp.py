@@ -133,6 +133,9 @@ def emit_conv2d(op, node: Node, graph: Graph, ctx) -> str | None:
     words = pack_words(wg.reshape(groups, og_pad // 2, 2, chunks, 4).transpose(0, 1, 3, 2, 4))
     rg = np.zeros((groups, og_pad, Q_WORDS), np.int64)
     rg[:, :og] = rec.reshape(groups, og, Q_WORDS)
+    # per pair of channels: bias0, bias1, (multiplier, a, b) of channel 0, then of channel 1
+    rg = rg.reshape(groups, og_pad // 2, 2, Q_WORDS)
+    rg = np.concatenate([rg[:, :, :, 0], rg[:, :, 0, 1:], rg[:, :, 1, 1:]], axis=2)
     ctx.use_kernel_files(*HEADERS, "mf_conv_dsp.c")
     w_id = ctx.array(node.name + "_wpk", words, "uint32_t")
     q_id = ctx.array(node.name + "_q", rg, "int32_t")
@@ -229,6 +232,9 @@ def emit_fc(op, node: Node, graph: Graph, ctx) -> str | None:
     words = pack_words(wp.reshape(o4 // 4, 4, chunks, 4).transpose(0, 2, 1, 3))
     rq = np.zeros((o4, Q_WORDS), np.int64)
     rq[:o] = rec
+    # per group of 4 features: the 4 biases, then (multiplier, a, b) of each
+    rq = rq.reshape(o4 // 4, 4, Q_WORDS)
+    rq = np.concatenate([rq[:, :, 0], rq[:, :, 1:].reshape(o4 // 4, 12)], axis=1)
     ctx.use_kernel_files(*HEADERS, "mf_dense_dsp.c")
     w_id = ctx.array(node.name + "_wpk", words, "uint32_t")
     q_id = ctx.array(node.name + "_q", rq, "int32_t")

@@ -8,10 +8,11 @@
 #include "mf_dsp.h"
 #include "mf_dsp_kernels.h"
 
-/* acc[j] += x . w[feature j] over an even number of chunks. */
-MF_INLINE void fc_mm4(const uint32_t *w, const uint32_t *x, int32_t chunks, int32_t *acc) {
-    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
-    const uint32_t *const xend = x + 2 * chunks;
+/* a_j += x . w[feature j] over an even number of chunks; *wp advances past the 4 features. */
+MF_INLINE void fc_mm4(const uint32_t **wp, const uint32_t *x, const uint32_t *xend, int32_t *p0, int32_t *p1,
+                      int32_t *p2, int32_t *p3) {
+    const uint32_t *w = *wp;
+    int32_t a0 = *p0, a1 = *p1, a2 = *p2, a3 = *p3;
 #if MF_DSP_NATIVE && defined(__thumb2__)
     uint32_t x0, x1, wa, wb, t;
 #define MF_FC_CHUNK                                  \
@@ -34,14 +35,21 @@ MF_INLINE void fc_mm4(const uint32_t *w, const uint32_t *x, int32_t chunks, int3
     "sxtb16 %[wb], %[wb], ror #8\n\t"                \
     "smlad %[a3], %[t], %[x0], %[a3]\n\t"            \
     "smlad %[a3], %[wb], %[x1], %[a3]\n\t"
-    __asm__ volatile(
-        "1:\n\t" MF_FC_CHUNK MF_FC_CHUNK
+    __asm__(
+        /* two chunks when their count is 2 mod 4, then four per iteration */
+        "sub %[x0], %[xend], %[x]\n\t"
+        "tst %[x0], #16\n\t"
+        "beq 1f\n\t" MF_FC_CHUNK MF_FC_CHUNK
+        "cmp %[x], %[xend]\n\t"
+        "bhs 2f\n\t"
+        "1:\n\t" MF_FC_CHUNK MF_FC_CHUNK MF_FC_CHUNK MF_FC_CHUNK
         "cmp %[x], %[xend]\n\t"
         "blo 1b\n\t"
+        "2:\n\t"
         : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [w] "+r"(w), [x] "+r"(x),
           [x0] "=&r"(x0), [x1] "=&r"(x1), [wa] "=&r"(wa), [wb] "=&r"(wb), [t] "=&r"(t)
-        : [xend] "r"(xend)
-        : "cc", "memory");
+        : [xend] "r"(xend), "m"(*(const uint32_t(*)[])w), "m"(*(const uint32_t(*)[])x)
+        : "cc");
 #undef MF_FC_CHUNK
 #else
     do {
@@ -58,10 +66,21 @@ MF_INLINE void fc_mm4(const uint32_t *w, const uint32_t *x, int32_t chunks, int3
         x += 2;
     } while (x < xend);
 #endif
-    acc[0] = a0;
-    acc[1] = a1;
-    acc[2] = a2;
-    acc[3] = a3;
+    *wp = w;
+    *p0 = a0;
+    *p1 = a1;
+    *p2 = a2;
+    *p3 = a3;
+}
+
+MF_INLINE int8_t fc_out(int32_t acc, const int32_t *r, const int fast, const int clamp, int32_t lo, int32_t hi) {
+    int32_t y;
+    if (fast) {
+        y = mf_ssat8((mf_smmlar(acc * 2, r[0], r[1]) + (acc >> 31)) >> r[2]);
+    } else {
+        y = mf_ssat8(mf_requant(acc, r[0], r[1]) + r[2]);
+    }
+    return mf_dsp_act(y, clamp, lo, hi);
 }
 
 /* Widen k int8 values into `chunks` int16 chunks (zeros past k). */
@@ -90,28 +109,30 @@ MF_INLINE void fc_body(const mf_fc_dsp_params *p, const int8_t *in, int8_t *out,
                        const int fast, const int clamp) {
     const int32_t k = p->in_features, n = p->out_features, chunks = p->chunks;
     const int32_t lo = p->act_min, hi = p->act_max;
-    int32_t r, o, j;
-    for (r = 0; r < p->rows; ++r, in += k, out += n) {
+    const uint32_t *const xend = col + 2 * chunks;
+    int32_t r, j;
+    for (r = 0; r < p->rows; ++r, in += k) {
         const uint32_t *w = p->w;
         const int32_t *q = p->q;
+        int8_t *const end4 = out + (n & ~3), *const end = out + n;
         fc_widen(in, k, chunks, col);
-        for (o = 0; o < n; o += 4, w += 4 * chunks, q += 4 * MF_Q_WORDS) {
+        /* records per group of 4 features: 4 biases, then (multiplier, a, b) of each */
+        for (; out < end4; out += 4, q += 16) {
+            int32_t a0 = q[0], a1 = q[1], a2 = q[2], a3 = q[3];
+            fc_mm4(&w, col, xend, &a0, &a1, &a2, &a3);
+            out[0] = fc_out(a0, q + 4, fast, clamp, lo, hi);
+            out[1] = fc_out(a1, q + 7, fast, clamp, lo, hi);
+            out[2] = fc_out(a2, q + 10, fast, clamp, lo, hi);
+            out[3] = fc_out(a3, q + 13, fast, clamp, lo, hi);
+        }
+        if (out < end) {
             int32_t acc[4];
-            acc[0] = q[MF_Q_BIAS];
-            acc[1] = q[MF_Q_WORDS + MF_Q_BIAS];
-            acc[2] = q[2 * MF_Q_WORDS + MF_Q_BIAS];
-            acc[3] = q[3 * MF_Q_WORDS + MF_Q_BIAS];
-            fc_mm4(w, col, chunks, acc);
-            if (o + 4 <= n) {
-                out[o] = mf_dsp_act(mf_dsp_requant(acc[0], q, fast), clamp, lo, hi);
-                out[o + 1] = mf_dsp_act(mf_dsp_requant(acc[1], q + MF_Q_WORDS, fast), clamp, lo, hi);
-                out[o + 2] = mf_dsp_act(mf_dsp_requant(acc[2], q + 2 * MF_Q_WORDS, fast), clamp, lo, hi);
-                out[o + 3] = mf_dsp_act(mf_dsp_requant(acc[3], q + 3 * MF_Q_WORDS, fast), clamp, lo, hi);
-            } else {
-                for (j = 0; o + j < n; ++j) {
-                    out[o + j] = mf_dsp_act(mf_dsp_requant(acc[j], q + j * MF_Q_WORDS, fast), clamp, lo, hi);
-                }
-            }
+            acc[0] = q[0];
+            acc[1] = q[1];
+            acc[2] = q[2];
+            acc[3] = q[3];
+            fc_mm4(&w, col, xend, &acc[0], &acc[1], &acc[2], &acc[3]);
+            for (j = 0; out < end; ++j) *out++ = fc_out(acc[j], q + 4 + 3 * j, fast, clamp, lo, hi);
         }
     }
 }

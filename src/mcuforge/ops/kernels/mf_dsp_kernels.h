@@ -26,7 +26,7 @@ typedef struct {
     int32_t pad_value;    /* the input zero point: what padded positions read */
     int32_t chunks;       /* ceil(k_h k_w in_c / groups / 8) * 2: always even */
     int32_t act_min, act_max;
-    const int32_t *q;     /* per output channel (padded to even per group): MF_Q_WORDS words */
+    const int32_t *q;     /* per group, per pair of output channels: bias0, bias1, (mult, a, b) x 2 */
     const uint32_t *w;    /* packed weights */
 } mf_conv_dsp_params;
 
@@ -72,7 +72,7 @@ typedef struct {
     int32_t rows, in_features, out_features;
     int32_t chunks;             /* ceil(in_features / 8) * 2: always even */
     int32_t act_min, act_max;
-    const int32_t *q;           /* per output feature (padded to a multiple of 4): MF_Q_WORDS words */
+    const int32_t *q;           /* per group of 4 output features: 4 biases, (mult, a, b) x 4 */
     const uint32_t *w;          /* packed weights */
 } mf_fc_dsp_params;
 
