@@ -236,14 +236,59 @@ def _variants(layer, seeds, offset=0) -> set[str]:
         q, _ = _multi_layer_graph(layer, offset + seed, 16)
         with tempfile.TemporaryDirectory() as d:
             generate(q, Path(d) / "lib", target=M4)
-            seen |= set(calls((Path(d) / "lib" / "model.c").read_text(), r"mf_\w+_dsp"))
+            src = (Path(d) / "lib" / "model.c").read_text()
+            seen |= set(calls(src, r"mf_\w+_dsp"))
+            for body, tail in re.findall(r"mf_dwconv_dsp_params \w+ = \{(.*?)\};([^\n]*)", src, re.S):
+                three = int(re.findall(r"-?\d+", body)[21])  # the 22nd field
+                seen.add(("dw", "three" if three else "pairs", "transposed" in tail))
     return seen
 
 
 def test_dsp_tests_cover_every_variant():
-    """The seeds above exercise both requantization forms, with and without the clamp, per kernel."""
+    """The seeds above exercise both requantization forms, with and without the clamp, per kernel,
+    and the depthwise forms (3-wide two-output rows, normal and transposed; tap pairs)."""
     seen = _variants(conv_layer, CONV_SEEDS) | _variants(dwconv_layer, DW_SEEDS, 100) | \
         _variants(fc_layer, FC_SEEDS, 200) | _variants(add_layer, ADD_SEEDS, 300)
+    assert {("dw", "three", False), ("dw", "three", True), ("dw", "pairs", False)} <= seen, seen
     want = {f"mf_{k}_dsp_s8_{v}" for k in ("conv", "dwconv", "fc", "add")
             for v in ("fast", "fast_clamp", "exact", "exact_clamp")}
     assert want <= seen, want - seen
+
+
+def mixed_layer(b: Builder, rng, i: int) -> str:
+    return [conv_layer, dwconv_layer, fc_layer, add_layer][i % 4](b, rng, i // 4)
+
+
+@pytest.mark.parametrize("core", ["cortex-m7", "cortex-m33", "cortex-m55"])
+def test_other_dsp_cores_bit_exact(core):
+    """The same kernels (ACLE intrinsics, Thumb-2 assembly) on the other DSP-extension cores."""
+    target = get_target(core)
+    assert target.has_dsp
+    q, rng = _multi_layer_graph(mixed_layer, 400 + ["cortex-m7", "cortex-m33", "cortex-m55"].index(core), 8)
+    xs = random_int8_inputs(q, rng, 4)
+    want = reference.run(q, xs, "int")
+    with tempfile.TemporaryDirectory() as d:
+        lib = Path(d) / "lib"
+        generate(q, lib, target=target)
+        assert len(calls((lib / "model.c").read_text(), r"mf_\w+_dsp")) >= 6
+        _compare(q, want, run_cortex_m(lib, xs, target), f"QEMU {core}")
+
+
+# --- the MLPerf Tiny models -----------------------------------------------------------------------
+
+MODELS_DIR = Path(__file__).resolve().parents[2] / "shared" / "models"
+
+
+@pytest.mark.parametrize("model", ["ad01_int8", "kws_ref_model", "pretrainedResnet_quant"])
+def test_mlperf_tiny_models_bit_exact_with_dsp_kernels(model):
+    """The three MLPerf Tiny reference models, deployed for the M4 (every layer on a DSP kernel
+    but pooling and softmax), == the integer reference on the host and on QEMU's Cortex-M4."""
+    from mcuforge.frontends.tflite import load_tflite
+
+    path = MODELS_DIR / f"{model}.tflite"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    q = load_tflite(path)
+    src = check_dsp(q, np.random.default_rng(7), n=4)
+    kernels = calls(src, r"mf_\w+")
+    assert all("_dsp_" in k for k in kernels if k.startswith(("mf_conv", "mf_fc", "mf_add"))), kernels
