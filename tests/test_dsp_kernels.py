@@ -255,6 +255,32 @@ def test_dsp_tests_cover_every_variant():
     assert want <= seen, want - seen
 
 
+def pool_layer(b: Builder, rng, i: int) -> str:
+    """Average (global windows over 255 values included: the int16 lanes flush) and max pooling."""
+    c = int(rng.integers(1, 13))
+    if i % 4 == 3:  # global
+        h, w = [(25, 5), (16, 17), (3, 4)][(i // 4) % 3]
+        attrs = dict(kernel=[h, w], stride=[1, 1], pads=[0, 0, 0, 0])
+    else:
+        h, w = int(rng.integers(2, 10)), int(rng.integers(2, 10))
+        kh, kw = int(rng.integers(1, min(h, 4) + 1)), int(rng.integers(1, min(w, 4) + 1))
+        attrs = dict(kernel=[kh, kw], stride=[int(rng.integers(1, 3)), int(rng.integers(1, 3))],
+                     pads=[int(rng.integers(0, kh)), int(rng.integers(0, kh)), int(rng.integers(0, kw)),
+                           int(rng.integers(0, kw))])
+    op = "avg_pool2d" if i % 2 == 0 or i % 4 == 3 else "max_pool2d"
+    if op == "avg_pool2d":
+        attrs["count_include_pad"] = bool(rng.integers(2))
+    act = [dict(), dict(act_min=0.0), dict(act_min=-1.0, act_max=1.0)][int(rng.integers(3))]
+    return b.op(op, [b.input((1, h, w, c))], **attrs, **act)
+
+
+def test_pool_dsp_bit_exact():
+    q, rng = _multi_layer_graph(pool_layer, 500, 16)
+    src = check_dsp(q, rng)
+    used = calls(src, r"mf_\w+_pool")
+    assert len(used) == 16 and all("_dsp_" in c for c in used), used
+
+
 def mixed_layer(b: Builder, rng, i: int) -> str:
     return [conv_layer, dwconv_layer, fc_layer, add_layer][i % 4](b, rng, i // 4)
 

@@ -67,6 +67,9 @@ class _Pool2D(OpDef):
             f"{a['stride'][1]}, {a['pads'][0]}, {a['pads'][2]}, "
             f"{1 if a.get('count_include_pad') else 0}, {x.quant.zp}, {lo}, {hi} }};"
         )
+        if ctx.target.has_dsp:  # four channels per word (kernels/mf_pool_dsp.c)
+            ctx.use_kernel_files("mf_dsp.h", "mf_dsp_kernels.h", "mf_pool_dsp.c")
+            fn = fn.replace("_s8", "_dsp_s8")
         return f"{fn}(&{p}, {ctx.buf(node.inputs[0])}, {ctx.buf(node.outputs[0])});"
 
 

@@ -93,6 +93,23 @@ MF_INLINE int32_t mf_smmlar(int32_t a, int32_t b, int32_t acc) {
 
 MF_INLINE int32_t mf_ssat8(int32_t x) { return __ssat(x, 8); }
 
+/* acc + SXTB16(x), acc + SXTB16(x ROR 8): lane-wise (modulo 2^16) */
+MF_INLINE uint32_t mf_sxtab16(uint32_t acc, uint32_t x) { return __sxtab16(acc, x); }
+
+MF_INLINE uint32_t mf_sxtab16_ror8(uint32_t acc, uint32_t x) {
+    uint32_t r;
+    __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(acc), "r"(x));
+    return r;
+}
+
+/* byte-wise signed maximum (SSUB8 sets the GE flags, SEL picks) */
+MF_INLINE uint32_t mf_max8(uint32_t a, uint32_t b) {
+    uint32_t t, r;
+    __asm__("ssub8 %0, %2, %3\n\tsel %1, %2, %3" : "=&r"(t), "=r"(r) : "r"(a), "r"(b) : "cc");
+    (void)t;
+    return r;
+}
+
 #else /* portable emulations, bit-exact with the instructions */
 
 MF_INLINE uint32_t mf_sxtb16(uint32_t x) {
@@ -133,6 +150,24 @@ MF_INLINE int32_t mf_smmlar(int32_t a, int32_t b, int32_t acc) {
 }
 
 MF_INLINE int32_t mf_ssat8(int32_t x) { return MF_CLAMP(x, -128, 127); }
+
+MF_INLINE uint32_t mf_sxtab16(uint32_t acc, uint32_t x) {
+    return mf_pack16(mf_lane_lo(acc) + mf_sext8(x), mf_lane_hi(acc) + mf_sext8(x >> 16));
+}
+
+MF_INLINE uint32_t mf_sxtab16_ror8(uint32_t acc, uint32_t x) {
+    return mf_pack16(mf_lane_lo(acc) + mf_sext8(x >> 8), mf_lane_hi(acc) + mf_sext8(x >> 24));
+}
+
+MF_INLINE uint32_t mf_max8(uint32_t a, uint32_t b) {
+    uint32_t r = 0;
+    int i;
+    for (i = 0; i < 32; i += 8) {
+        const int32_t x = mf_sext8(a >> i), y = mf_sext8(b >> i);
+        r |= ((uint32_t)(x > y ? x : y) & 0xFFu) << i;
+    }
+    return r;
+}
 
 #endif /* MF_DSP_NATIVE */
 

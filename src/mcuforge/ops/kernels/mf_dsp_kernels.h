@@ -11,6 +11,7 @@
 #define MF_DSP_KERNELS_H
 
 #include <stdint.h>
+#include "mf_kernels.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -96,6 +97,11 @@ void mf_add_dsp_s8_fast(const mf_add_dsp_params *p, const int8_t *x, const int8_
 void mf_add_dsp_s8_fast_clamp(const mf_add_dsp_params *p, const int8_t *x, const int8_t *y, int8_t *out);
 void mf_add_dsp_s8_exact(const mf_add_dsp_params *p, const int8_t *x, const int8_t *y, int8_t *out);
 void mf_add_dsp_s8_exact_clamp(const mf_add_dsp_params *p, const int8_t *x, const int8_t *y, int8_t *out);
+
+/* Average and max pooling (mf_pool_params of mf_kernels.h): four channels per word, window
+ * sums in int16 lanes (SXTAB16, flushed to int32 every 256 elements), maxima with SSUB8/SEL. */
+void mf_avg_pool_dsp_s8(const mf_pool_params *p, const int8_t *in, int8_t *out);
+void mf_max_pool_dsp_s8(const mf_pool_params *p, const int8_t *in, int8_t *out);
 
 #ifdef __cplusplus
 }
