@@ -45,6 +45,7 @@ def run_one(model: str, data: str | None, preset: str, epochs: int | None, work:
         "model": model, "data": m["data"], "preset": preset, "task": m["task"], "metric": key,
         "float": m["float"]["test"].get(key), "int8": m["int8"]["test"].get(key),
         "float_test": m["float"]["test"], "int8_test": m["int8"]["test"], "float_val": m["float"].get("val"),
+        "float_other_splits": {k: v for k, v in m["float"].items() if k not in ("test", "val")},
         "params": m["params"], "macs": m["deployed"]["macs"], "flash_bytes": m["deployed"]["const_bytes"],
         "arena_bytes": m["deployed"]["arena_bytes"], "train_s": round(m["timings"]["train_s"], 1),
         "epochs": m["epochs"], "samples": m["samples"],
