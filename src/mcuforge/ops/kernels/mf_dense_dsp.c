@@ -8,50 +8,63 @@
 #include "mf_dsp.h"
 #include "mf_dsp_kernels.h"
 
-/* a_j += x . w[feature j] over an even number of chunks; *wp advances past the 4 features. */
-MF_INLINE void fc_mm4(const uint32_t **wp, const uint32_t *x, const uint32_t *xend, int32_t *p0, int32_t *p1,
-                      int32_t *p2, int32_t *p3) {
-    const uint32_t *w = *wp;
-    int32_t a0 = *p0, a1 = *p1, a2 = *p2, a3 = *p3;
-#if MF_DSP_NATIVE && defined(__thumb2__)
-    uint32_t x0, x1, wa, wb, t;
-#define MF_FC_CHUNK                                  \
-    "ldrd %[x0], %[x1], [%[x]], #8\n\t"              \
-    "ldrd %[wa], %[wb], [%[w]], #8\n\t"              \
-    "sxtb16 %[t], %[wa]\n\t"                         \
-    "sxtb16 %[wa], %[wa], ror #8\n\t"                \
-    "smlad %[a0], %[t], %[x0], %[a0]\n\t"            \
-    "smlad %[a0], %[wa], %[x1], %[a0]\n\t"           \
-    "sxtb16 %[t], %[wb]\n\t"                         \
-    "sxtb16 %[wb], %[wb], ror #8\n\t"                \
-    "smlad %[a1], %[t], %[x0], %[a1]\n\t"            \
-    "smlad %[a1], %[wb], %[x1], %[a1]\n\t"           \
-    "ldrd %[wa], %[wb], [%[w]], #8\n\t"              \
-    "sxtb16 %[t], %[wa]\n\t"                         \
-    "sxtb16 %[wa], %[wa], ror #8\n\t"                \
-    "smlad %[a2], %[t], %[x0], %[a2]\n\t"            \
-    "smlad %[a2], %[wa], %[x1], %[a2]\n\t"           \
-    "sxtb16 %[t], %[wb]\n\t"                         \
-    "sxtb16 %[wb], %[wb], ror #8\n\t"                \
-    "smlad %[a3], %[t], %[x0], %[a3]\n\t"            \
-    "smlad %[a3], %[wb], %[x1], %[a3]\n\t"
+#if MF_DSP_NATIVE && defined(__thumb2__) && defined(__GNUC__)
+/* acc[j] += x . w[feature j] over an even number of chunks (x to xend), in assembly: all 14
+ * registers (4 accumulators, 4 weight words from one LDM, the column pair, a temporary,
+ * 3 pointers), 18 instructions per chunk of 16 MACs. */
+#define MF_UNUSED __attribute__((unused))
+__attribute__((naked, noinline)) static void fc_mm4_asm(MF_UNUSED int32_t *acc, MF_UNUSED const uint32_t *w,
+                                                        MF_UNUSED const uint32_t *x, MF_UNUSED const uint32_t *xend) {
+#define MF_FC_CHUNK                                   \
+    "ldrd   r9, r10, [r12], #8\n\t"                   \
+    "ldmia  r11!, {r4, r5, r6, r7}\n\t"               \
+    "sxtb16 r8, r4\n\t"                               \
+    "sxtb16 r4, r4, ror #8\n\t"                       \
+    "smlad  r0, r8, r9, r0\n\t"                       \
+    "smlad  r0, r4, r10, r0\n\t"                      \
+    "sxtb16 r8, r5\n\t"                               \
+    "sxtb16 r5, r5, ror #8\n\t"                       \
+    "smlad  r1, r8, r9, r1\n\t"                       \
+    "smlad  r1, r5, r10, r1\n\t"                      \
+    "sxtb16 r8, r6\n\t"                               \
+    "sxtb16 r6, r6, ror #8\n\t"                       \
+    "smlad  r2, r8, r9, r2\n\t"                       \
+    "smlad  r2, r6, r10, r2\n\t"                      \
+    "sxtb16 r8, r7\n\t"                               \
+    "sxtb16 r7, r7, ror #8\n\t"                       \
+    "smlad  r3, r8, r9, r3\n\t"                       \
+    "smlad  r3, r7, r10, r3\n\t"
     __asm__(
+        "push   {r0, r4, r5, r6, r7, r8, r9, r10, r11, lr}\n\t"
+        "mov    r11, r1\n\t"
+        "mov    r12, r2\n\t"
+        "mov    lr, r3\n\t"
+        "ldmia  r0, {r0, r1, r2, r3}\n\t"
         /* two chunks when their count is 2 mod 4, then four per iteration */
-        "sub %[x0], %[xend], %[x]\n\t"
-        "tst %[x0], #16\n\t"
-        "beq 1f\n\t" MF_FC_CHUNK MF_FC_CHUNK
-        "cmp %[x], %[xend]\n\t"
-        "bhs 2f\n\t"
+        "sub    r9, lr, r12\n\t"
+        "tst    r9, #16\n\t"
+        "beq    1f\n\t" MF_FC_CHUNK MF_FC_CHUNK
+        "cmp    r12, lr\n\t"
+        "bhs    2f\n\t"
         "1:\n\t" MF_FC_CHUNK MF_FC_CHUNK MF_FC_CHUNK MF_FC_CHUNK
-        "cmp %[x], %[xend]\n\t"
-        "blo 1b\n\t"
+        "cmp    r12, lr\n\t"
+        "blo    1b\n\t"
         "2:\n\t"
-        : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [w] "+r"(w), [x] "+r"(x),
-          [x0] "=&r"(x0), [x1] "=&r"(x1), [wa] "=&r"(wa), [wb] "=&r"(wb), [t] "=&r"(t)
-        : [xend] "r"(xend), "m"(*(const uint32_t(*)[])w), "m"(*(const uint32_t(*)[])x)
-        : "cc");
+        "ldr    r4, [sp]\n\t"
+        "stmia  r4, {r0, r1, r2, r3}\n\t"
+        "pop    {r0, r4, r5, r6, r7, r8, r9, r10, r11, pc}\n\t");
 #undef MF_FC_CHUNK
+}
+#endif
+
+/* a_j += x . w[feature j] over an even number of chunks; *wp advances past the 4 features. */
+MF_INLINE void fc_mm4(const uint32_t **wp, const uint32_t *x, const uint32_t *xend, int32_t *acc) {
+    const uint32_t *w = *wp;
+#if MF_DSP_NATIVE && defined(__thumb2__) && defined(__GNUC__)
+    fc_mm4_asm(acc, w, x, xend);
+    w += 2 * (xend - x);
 #else
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
     do {
         const uint32_t x0 = x[0], x1 = x[1];
         a0 = mf_smlad(mf_sxtb16(w[0]), x0, a0);
@@ -65,12 +78,12 @@ MF_INLINE void fc_mm4(const uint32_t **wp, const uint32_t *x, const uint32_t *xe
         w += 4;
         x += 2;
     } while (x < xend);
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
 #endif
     *wp = w;
-    *p0 = a0;
-    *p1 = a1;
-    *p2 = a2;
-    *p3 = a3;
 }
 
 MF_INLINE int8_t fc_out(int32_t acc, const int32_t *r, const int fast, const int clamp, int32_t lo, int32_t hi) {
@@ -118,12 +131,16 @@ MF_INLINE void fc_body(const mf_fc_dsp_params *p, const int8_t *in, int8_t *out,
         fc_widen(in, k, chunks, col);
         /* records per group of 4 features: 4 biases, then (multiplier, a, b) of each */
         for (; out < end4; out += 4, q += 16) {
-            int32_t a0 = q[0], a1 = q[1], a2 = q[2], a3 = q[3];
-            fc_mm4(&w, col, xend, &a0, &a1, &a2, &a3);
-            out[0] = fc_out(a0, q + 4, fast, clamp, lo, hi);
-            out[1] = fc_out(a1, q + 7, fast, clamp, lo, hi);
-            out[2] = fc_out(a2, q + 10, fast, clamp, lo, hi);
-            out[3] = fc_out(a3, q + 13, fast, clamp, lo, hi);
+            int32_t acc[4];
+            acc[0] = q[0];
+            acc[1] = q[1];
+            acc[2] = q[2];
+            acc[3] = q[3];
+            fc_mm4(&w, col, xend, acc);
+            out[0] = fc_out(acc[0], q + 4, fast, clamp, lo, hi);
+            out[1] = fc_out(acc[1], q + 7, fast, clamp, lo, hi);
+            out[2] = fc_out(acc[2], q + 10, fast, clamp, lo, hi);
+            out[3] = fc_out(acc[3], q + 13, fast, clamp, lo, hi);
         }
         if (out < end) {
             int32_t acc[4];
@@ -131,7 +148,7 @@ MF_INLINE void fc_body(const mf_fc_dsp_params *p, const int8_t *in, int8_t *out,
             acc[1] = q[1];
             acc[2] = q[2];
             acc[3] = q[3];
-            fc_mm4(&w, col, xend, &acc[0], &acc[1], &acc[2], &acc[3]);
+            fc_mm4(&w, col, xend, acc);
             for (j = 0; out < end; ++j) *out++ = fc_out(acc[j], q + 4 + 3 * j, fast, clamp, lo, hi);
         }
     }
