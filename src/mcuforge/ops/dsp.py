@@ -139,7 +139,7 @@ def emit_conv2d(op, node: Node, graph: Graph, ctx) -> str | None:
     ctx.use_kernel_files(*HEADERS, "mf_conv_dsp.c")
     w_id = ctx.array(node.name + "_wpk", words, "uint32_t")
     q_id = ctx.array(node.name + "_q", rg, "int32_t")
-    scratch = ctx.scratch(16 * chunks + (4 * chunks if cg % 4 else 0))
+    scratch = ctx.scratch(24 * chunks + (4 * chunks if cg % 4 else 0))  # 3 int16 columns (+ a byte stage)
     p = ctx.ident(node.name + "_p")
     ctx.decl(
         f"static const mf_conv_dsp_params {p} = {{\n"

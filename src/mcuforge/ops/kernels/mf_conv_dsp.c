@@ -1,18 +1,21 @@
-/* mcuforge int8 convolution for DSP-extension cores: im2col + 2x2-blocked SMLAD product.
+/* mcuforge int8 convolution for DSP-extension cores: im2col + 3x2-blocked SMLAD product.
  *
- * Two output pixels at a time are unrolled (im2col) into int16 columns: chunk c of the
- * column holds elements 4c..4c+3 as the words (x0, x2), (x1, x3) -- the lanes SXTB16
- * produces from a word of 4 bytes, so a weight word needs no reordering: SXTB16 gives
- * (w0, w2), SXTB16 ROR 8 gives (w1, w3). Layout of one chunk: pixel 0's two words, then
- * pixel 1's. Padding reads as the input zero point, which the bias has folded in, so
- * activations are used raw. The inner loop computes 2 pixels x 2 output channels:
- * per chunk one 8-byte weight load, 4 SXTB16, two 8-byte column loads and 8 SMLAD
- * (16 MACs). */
+ * Three output pixels at a time are unrolled (im2col) into int16 columns: chunk c of a
+ * pixel's column holds its elements 4c..4c+3 as the words (x0, x2), (x1, x3) -- the lanes
+ * SXTB16 produces from a word of 4 bytes, so a weight word needs no reordering: SXTB16
+ * gives (w0, w2), SXTB16 ROR 8 gives (w1, w3). One chunk of the column block holds the
+ * three pixels' two words each (24 bytes). Padding reads as the input zero point, which
+ * the bias has folded in, so activations are used raw. The inner loop computes 3 pixels x
+ * 2 output channels: per chunk one 8-byte weight load, 4 SXTB16, three 8-byte column loads
+ * and 12 SMLAD (24 MACs), in assembly that uses all 14 registers. */
 #include "mf_dsp.h"
 #include "mf_dsp_kernels.h"
 
-/* Widen n (>= 1) chunks of 4 bytes at src (any alignment) into column chunks at dst (4 words
- * apart: the slot of one pixel); returns the next chunk. */
+#define MF_CONV_PIX 3               /* output pixels per pass */
+#define MF_CONV_CW (2 * MF_CONV_PIX) /* words per column chunk */
+
+/* Widen n (>= 1) chunks of 4 bytes at src (any alignment) into column chunks at dst (the slot
+ * of one pixel, MF_CONV_CW words apart); returns the next chunk. */
 MF_INLINE uint32_t *widen_chunks(uint32_t *dst, const int8_t *src, int32_t n) {
 #if MF_DSP_NATIVE && defined(__thumb2__)
     uint32_t v, a, b;
@@ -21,7 +24,7 @@ MF_INLINE uint32_t *widen_chunks(uint32_t *dst, const int8_t *src, int32_t n) {
         "ldr    %[v], [%[src]], #4\n\t"
         "sxtb16 %[a], %[v]\n\t"
         "sxtb16 %[b], %[v], ror #8\n\t"
-        "strd   %[a], %[b], [%[dst]], #16\n\t"
+        "strd   %[a], %[b], [%[dst]], #24\n\t"
         "subs   %[n], %[n], #1\n\t"
         "bne    1b\n\t"
         : [dst] "+r"(dst), [src] "+r"(src), [n] "+r"(n), [v] "=&r"(v), [a] "=&r"(a), [b] "=&r"(b),
@@ -34,21 +37,21 @@ MF_INLINE uint32_t *widen_chunks(uint32_t *dst, const int8_t *src, int32_t n) {
         dst[0] = mf_sxtb16(v);
         dst[1] = mf_sxtb16_ror8(v);
         src += 4;
-        dst += 4;
+        dst += MF_CONV_CW;
     } while (--n);
 #endif
     return dst;
 }
 
 MF_INLINE uint32_t *fill_chunks(uint32_t *dst, uint32_t padw, int32_t n) {
-    for (; n > 0; --n, dst += 4) {
+    for (; n > 0; --n, dst += MF_CONV_CW) {
         dst[0] = padw;
         dst[1] = padw;
     }
     return dst;
 }
 
-/* im2col of output pixel `pix` of group g into slot (0 or 1) of the column pair. */
+/* im2col of output pixel `pix` of group g into slot (0..2) of the column block. */
 static void conv_im2col(const mf_conv_dsp_params *p, const int8_t *in, int32_t pix, int32_t g,
                         uint32_t *col, int32_t slot) {
     const int32_t cg = p->in_c / p->groups;
@@ -86,7 +89,7 @@ static void conv_im2col(const mf_conv_dsp_params *p, const int8_t *in, int32_t p
         }
     } else {
         /* channel counts that are not a multiple of 4: gather the bytes, then widen */
-        int8_t *stage = (int8_t *)(col + 4 * p->chunks);
+        int8_t *stage = (int8_t *)(col + MF_CONV_CW * p->chunks);
         int8_t *s = stage;
         const int8_t pv = (int8_t)p->pad_value;
         const int32_t run = (kx_hi - kx_lo) * cg;
@@ -115,70 +118,76 @@ static void conv_im2col(const mf_conv_dsp_params *p, const int8_t *in, int32_t p
     }
 }
 
-/* The 2x2 micro-kernel: a(i)(j) += column of pixel i . weights of channel j, over an even
- * number of chunks (the generator pads the column to a multiple of 8 elements); *w advances
- * past the pair's weights. */
-#define MF_MM2X2(w, x, xend, a00, a01, a10, a11) mf_mm2x2(&(w), (x), (xend), &(a00), &(a01), &(a10), &(a11))
-MF_INLINE void mf_mm2x2(const uint32_t **wp, const uint32_t *x, const uint32_t *xend, int32_t *p00,
-                        int32_t *p01, int32_t *p10, int32_t *p11) {
-    const uint32_t *w = *wp;
-    int32_t a00 = *p00, a01 = *p01, a10 = *p10, a11 = *p11;
-#if MF_DSP_NATIVE && defined(__thumb2__)
-    uint32_t wa, wb, t, u, x0, x1;
-#define MF_MM2X2_CHUNK                                   \
-    "ldrd %[wa], %[wb], [%[w]], #8\n\t"                  \
-    "ldrd %[x0], %[x1], [%[x]], #8\n\t"                  \
-    "sxtb16 %[t], %[wa]\n\t"                             \
-    "sxtb16 %[wa], %[wa], ror #8\n\t"                    \
-    "smlad %[a00], %[t], %[x0], %[a00]\n\t"              \
-    "smlad %[a00], %[wa], %[x1], %[a00]\n\t"             \
-    "sxtb16 %[u], %[wb]\n\t"                             \
-    "sxtb16 %[wb], %[wb], ror #8\n\t"                    \
-    "smlad %[a01], %[u], %[x0], %[a01]\n\t"              \
-    "smlad %[a01], %[wb], %[x1], %[a01]\n\t"             \
-    "ldrd %[x0], %[x1], [%[x]], #8\n\t"                  \
-    "smlad %[a10], %[t], %[x0], %[a10]\n\t"              \
-    "smlad %[a10], %[wa], %[x1], %[a10]\n\t"             \
-    "smlad %[a11], %[u], %[x0], %[a11]\n\t"              \
-    "smlad %[a11], %[wb], %[x1], %[a11]\n\t"
+#if MF_DSP_NATIVE && defined(__thumb2__) && defined(__GNUC__)
+#define MF_UNUSED __attribute__((unused))
+/* acc[2 i + j] += column of pixel i . weights of channel j, over an even number of chunks;
+ * xend carries bit 1 when the chunk count is 2 mod 4. Registers: r0-r5 accumulators,
+ * r6-r9 the two channels' unpacked weights, r10-r11 a pixel's column words, r12 and lr the
+ * weight and column pointers; the accumulator pointer and xend on the stack. */
+__attribute__((naked, noinline)) static void conv_mm3x2_asm(MF_UNUSED int32_t *acc, MF_UNUSED const uint32_t *w,
+                                                            MF_UNUSED const uint32_t *x,
+                                                            MF_UNUSED const uint32_t *xend) {
+#define MF_MM3X2_CHUNK                                \
+    "ldrd   r6, r8, [r12], #8\n\t"                    \
+    "sxtb16 r7, r6, ror #8\n\t"                       \
+    "sxtb16 r6, r6\n\t"                               \
+    "sxtb16 r9, r8, ror #8\n\t"                       \
+    "sxtb16 r8, r8\n\t"                               \
+    "ldrd   r10, r11, [lr], #8\n\t"                   \
+    "smlad  r0, r6, r10, r0\n\t"                      \
+    "smlad  r0, r7, r11, r0\n\t"                      \
+    "smlad  r1, r8, r10, r1\n\t"                      \
+    "smlad  r1, r9, r11, r1\n\t"                      \
+    "ldrd   r10, r11, [lr], #8\n\t"                   \
+    "smlad  r2, r6, r10, r2\n\t"                      \
+    "smlad  r2, r7, r11, r2\n\t"                      \
+    "smlad  r3, r8, r10, r3\n\t"                      \
+    "smlad  r3, r9, r11, r3\n\t"                      \
+    "ldrd   r10, r11, [lr], #8\n\t"                   \
+    "smlad  r4, r6, r10, r4\n\t"                      \
+    "smlad  r4, r7, r11, r4\n\t"                      \
+    "smlad  r5, r8, r10, r5\n\t"                      \
+    "smlad  r5, r9, r11, r5\n\t"
     __asm__(
-        /* two chunks when their count is 2 mod 4, then four per iteration */
-        "sub %[x0], %[xend], %[x]\n\t"
-        "tst %[x0], #32\n\t"
-        "beq 1f\n\t" MF_MM2X2_CHUNK MF_MM2X2_CHUNK
-        "cmp %[x], %[xend]\n\t"
-        "bhs 2f\n\t"
-        "1:\n\t" MF_MM2X2_CHUNK MF_MM2X2_CHUNK MF_MM2X2_CHUNK MF_MM2X2_CHUNK
-        "cmp %[x], %[xend]\n\t"
-        "blo 1b\n\t"
+        "push   {r0, r3, r4, r5, r6, r7, r8, r9, r10, r11, r12, lr}\n\t"
+        "mov    r12, r1\n\t"
+        "mov    lr, r2\n\t"
+        "tst    r3, #2\n\t"
+        "bic    r3, r3, #3\n\t"
+        "str    r3, [sp, #4]\n\t"
+        "ldmia  r0, {r0, r1, r2, r3, r4, r5}\n\t"
+        "beq    1f\n\t" MF_MM3X2_CHUNK MF_MM3X2_CHUNK
+        "ldr    r10, [sp, #4]\n\t"
+        "cmp    lr, r10\n\t"
+        "bhs    2f\n\t"
+        "1:\n\t" MF_MM3X2_CHUNK MF_MM3X2_CHUNK MF_MM3X2_CHUNK MF_MM3X2_CHUNK
+        "ldr    r10, [sp, #4]\n\t"
+        "cmp    lr, r10\n\t"
+        "blo    1b\n\t"
         "2:\n\t"
-        : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [w] "+r"(w), [x] "+r"(x),
-          [wa] "=&r"(wa), [wb] "=&r"(wb), [t] "=&r"(t), [u] "=&r"(u), [x0] "=&r"(x0), [x1] "=&r"(x1)
-        : [xend] "r"(xend), "m"(*(const uint32_t(*)[])w), "m"(*(const uint32_t(*)[])x)
-        : "cc");
-#undef MF_MM2X2_CHUNK
-#else
-    do {
-        const uint32_t wa = w[0], wb = w[1];
-        const uint32_t wa0 = mf_sxtb16(wa), wa1 = mf_sxtb16_ror8(wa);
-        const uint32_t wb0 = mf_sxtb16(wb), wb1 = mf_sxtb16_ror8(wb);
-        a00 = mf_smlad(wa0, x[0], a00);
-        a00 = mf_smlad(wa1, x[1], a00);
-        a01 = mf_smlad(wb0, x[0], a01);
-        a01 = mf_smlad(wb1, x[1], a01);
-        a10 = mf_smlad(wa0, x[2], a10);
-        a10 = mf_smlad(wa1, x[3], a10);
-        a11 = mf_smlad(wb0, x[2], a11);
-        a11 = mf_smlad(wb1, x[3], a11);
-        w += 2;
-        x += 4;
-    } while (x < xend);
+        "ldr    r10, [sp]\n\t"
+        "stmia  r10, {r0, r1, r2, r3, r4, r5}\n\t"
+        "pop    {r0, r3, r4, r5, r6, r7, r8, r9, r10, r11, r12, pc}\n\t");
+#undef MF_MM3X2_CHUNK
+}
 #endif
-    *wp = w;
-    *p00 = a00;
-    *p01 = a01;
-    *p10 = a10;
-    *p11 = a11;
+
+/* The 3x2 micro-kernel over an even number of chunks (the generator pads the column to a
+ * multiple of 8 elements). */
+MF_INLINE void conv_mm3x2(int32_t *acc, const uint32_t *w, const uint32_t *x, int32_t chunks) {
+#if MF_DSP_NATIVE && defined(__thumb2__) && defined(__GNUC__)
+    conv_mm3x2_asm(acc, w, x, (const uint32_t *)((uintptr_t)(x + MF_CONV_CW * chunks) | (uintptr_t)(chunks & 2)));
+#else
+    int32_t c, i;
+    for (c = 0; c < chunks; ++c, w += 2, x += MF_CONV_CW) {
+        const uint32_t wa0 = mf_sxtb16(w[0]), wa1 = mf_sxtb16_ror8(w[0]);
+        const uint32_t wb0 = mf_sxtb16(w[1]), wb1 = mf_sxtb16_ror8(w[1]);
+        for (i = 0; i < MF_CONV_PIX; ++i) {
+            acc[2 * i] = mf_smlad(wa1, x[2 * i + 1], mf_smlad(wa0, x[2 * i], acc[2 * i]));
+            acc[2 * i + 1] = mf_smlad(wb1, x[2 * i + 1], mf_smlad(wb0, x[2 * i], acc[2 * i + 1]));
+        }
+    }
+#endif
 }
 
 MF_INLINE int8_t conv_out(int32_t acc, const int32_t *r, const int fast, const int clamp, int32_t lo, int32_t hi) {
@@ -191,54 +200,57 @@ MF_INLINE int8_t conv_out(int32_t acc, const int32_t *r, const int fast, const i
     return mf_dsp_act(y, clamp, lo, hi);
 }
 
-/* All output channels of group g for pixel 0 (and pixel 1 when two): pairs of channels,
- * records q per pair: bias0, bias1, then (multiplier, a, b) of each channel. */
+/* All output channels of group g for npix (1..3) pixels, ps bytes apart in the output: pairs
+ * of channels, records q per pair: bias0, bias1, then (multiplier, a, b) of each channel. */
 MF_INLINE void conv_channels(const uint32_t *w, const int32_t *q, const uint32_t *col, int32_t chunks, int32_t og,
-                             int8_t *o0, int8_t *o1, const int two, const int fast, const int clamp, int32_t lo,
+                             int8_t *o, int32_t ps, const int32_t npix, const int fast, const int clamp, int32_t lo,
                              int32_t hi) {
-    const uint32_t *const xend = col + 4 * chunks;
-    int8_t *const o0end = o0 + (og & ~1);
-    while (o0 < o0end) {
-        int32_t a00 = q[0], a01 = q[1], a10 = q[0], a11 = q[1];
-        MF_MM2X2(w, col, xend, a00, a01, a10, a11);
-        o0[0] = conv_out(a00, q + 2, fast, clamp, lo, hi);
-        o0[1] = conv_out(a01, q + 5, fast, clamp, lo, hi);
-        if (two) {
-            o1[0] = conv_out(a10, q + 2, fast, clamp, lo, hi);
-            o1[1] = conv_out(a11, q + 5, fast, clamp, lo, hi);
+    int8_t *const oend = o + (og & ~1);
+    int32_t acc[2 * MF_CONV_PIX];
+    for (; o < oend; o += 2, q += 8, w += 2 * chunks) {
+        acc[0] = acc[2] = acc[4] = q[0];
+        acc[1] = acc[3] = acc[5] = q[1];
+        conv_mm3x2(acc, w, col, chunks);
+        o[0] = conv_out(acc[0], q + 2, fast, clamp, lo, hi);
+        o[1] = conv_out(acc[1], q + 5, fast, clamp, lo, hi);
+        if (npix > 1) {
+            o[ps] = conv_out(acc[2], q + 2, fast, clamp, lo, hi);
+            o[ps + 1] = conv_out(acc[3], q + 5, fast, clamp, lo, hi);
         }
-        o0 += 2;
-        o1 += 2;
-        q += 8;
+        if (npix > 2) {
+            o[2 * ps] = conv_out(acc[4], q + 2, fast, clamp, lo, hi);
+            o[2 * ps + 1] = conv_out(acc[5], q + 5, fast, clamp, lo, hi);
+        }
     }
-    if (og & 1) {
-        int32_t a00 = q[0], a01 = 0, a10 = q[0], a11 = 0;
-        MF_MM2X2(w, col, xend, a00, a01, a10, a11);
-        o0[0] = conv_out(a00, q + 2, fast, clamp, lo, hi);
-        if (two) o1[0] = conv_out(a10, q + 2, fast, clamp, lo, hi);
+    if (og & 1) { /* the last channel, paired with zero weights */
+        int32_t i;
+        acc[0] = acc[2] = acc[4] = q[0];
+        acc[1] = acc[3] = acc[5] = 0;
+        conv_mm3x2(acc, w, col, chunks);
+        for (i = 0; i < npix; ++i) o[i * ps] = conv_out(acc[2 * i], q + 2, fast, clamp, lo, hi);
     }
 }
 
 MF_INLINE void conv_body(const mf_conv_dsp_params *p, const int8_t *in, int8_t *out, uint32_t *col,
                          const int fast, const int clamp) {
-    const int32_t pixels = p->out_h * p->out_w;
-    const int32_t og = p->out_c / p->groups, og_pad = og + (og & 1);
-    int32_t pix, g;
-    for (pix = 0; pix + 1 < pixels; pix += 2) {
-        int8_t *o = out + pix * p->out_c;
+    const int32_t pixels = p->out_h * p->out_w, oc = p->out_c;
+    const int32_t og = oc / p->groups, og_pad = og + (og & 1);
+    int32_t pix, g, i;
+    for (pix = 0; pix + MF_CONV_PIX <= pixels; pix += MF_CONV_PIX) {
+        int8_t *o = out + pix * oc;
         for (g = 0; g < p->groups; ++g) {
-            conv_im2col(p, in, pix, g, col, 0);
-            conv_im2col(p, in, pix + 1, g, col, 1);
+            for (i = 0; i < MF_CONV_PIX; ++i) conv_im2col(p, in, pix + i, g, col, i);
             conv_channels(p->w + g * og_pad * p->chunks, p->q + g * og_pad * MF_Q_WORDS, col, p->chunks, og,
-                          o + g * og, o + p->out_c + g * og, 1, fast, clamp, p->act_min, p->act_max);
+                          o + g * og, oc, MF_CONV_PIX, fast, clamp, p->act_min, p->act_max);
         }
     }
-    if (pix < pixels) { /* the last, odd pixel */
-        int8_t *o = out + pix * p->out_c;
+    if (pix < pixels) { /* the last one or two pixels */
+        const int32_t rest = pixels - pix;
+        int8_t *o = out + pix * oc;
         for (g = 0; g < p->groups; ++g) {
-            conv_im2col(p, in, pix, g, col, 0);
+            for (i = 0; i < rest; ++i) conv_im2col(p, in, pix + i, g, col, i);
             conv_channels(p->w + g * og_pad * p->chunks, p->q + g * og_pad * MF_Q_WORDS, col, p->chunks, og,
-                          o + g * og, o + g * og, 0, fast, clamp, p->act_min, p->act_max);
+                          o + g * og, oc, rest, fast, clamp, p->act_min, p->act_max);
         }
     }
 }

@@ -17,10 +17,10 @@
 extern "C" {
 #endif
 
-/* Convolution with groups (not depthwise): im2col of two output pixels into int16 columns,
- * 2x2-blocked SMLAD matrix product. Weights: per group, per pair of output channels, per
+/* Convolution with groups (not depthwise): im2col of three output pixels into int16 columns,
+ * 3x2-blocked SMLAD matrix product. Weights: per group, per pair of output channels, per
  * chunk of 4 column elements: the 4 int8 weights of each channel (a zero channel pads an odd
- * count). Scratch: 16 * chunks bytes, plus 4 * chunks when in_c / groups is not a multiple of 4. */
+ * count). Scratch: 24 * chunks bytes, plus 4 * chunks when in_c / groups is not a multiple of 4. */
 typedef struct {
     int32_t in_h, in_w, in_c, out_h, out_w, out_c;
     int32_t k_h, k_w, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left, groups;
