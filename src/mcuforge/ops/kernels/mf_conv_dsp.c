@@ -20,13 +20,26 @@ MF_INLINE uint32_t *widen_chunks(uint32_t *dst, const int8_t *src, int32_t n) {
 #if MF_DSP_NATIVE && defined(__thumb2__)
     uint32_t v, a, b;
     __asm__(
-        "1:\n\t"
+        "tst    %[n], #1\n\t"
+        "beq    1f\n\t"
         "ldr    %[v], [%[src]], #4\n\t"
         "sxtb16 %[a], %[v]\n\t"
         "sxtb16 %[b], %[v], ror #8\n\t"
         "strd   %[a], %[b], [%[dst]], #24\n\t"
         "subs   %[n], %[n], #1\n\t"
+        "beq    2f\n\t"
+        "1:\n\t"
+        "ldr    %[v], [%[src]], #4\n\t"
+        "sxtb16 %[a], %[v]\n\t"
+        "sxtb16 %[b], %[v], ror #8\n\t"
+        "strd   %[a], %[b], [%[dst]], #24\n\t"
+        "ldr    %[v], [%[src]], #4\n\t"
+        "sxtb16 %[a], %[v]\n\t"
+        "sxtb16 %[b], %[v], ror #8\n\t"
+        "strd   %[a], %[b], [%[dst]], #24\n\t"
+        "subs   %[n], %[n], #2\n\t"
         "bne    1b\n\t"
+        "2:\n\t"
         : [dst] "+r"(dst), [src] "+r"(src), [n] "+r"(n), [v] "=&r"(v), [a] "=&r"(a), [b] "=&r"(b),
           "=m"(*(uint32_t(*)[])dst)
         : "m"(*(const int8_t(*)[])src)
@@ -51,69 +64,80 @@ MF_INLINE uint32_t *fill_chunks(uint32_t *dst, uint32_t padw, int32_t n) {
     return dst;
 }
 
-/* im2col of output pixel `pix` of group g into slot (0..2) of the column block. */
-static void conv_im2col(const mf_conv_dsp_params *p, const int8_t *in, int32_t pix, int32_t g,
+MF_INLINE int8_t *copy_bytes(int8_t *d, const int8_t *s, int32_t n) {
+    for (; n >= 4; n -= 4, d += 4, s += 4) mf_store32(d, mf_load32(s));
+    for (; n > 0; --n) *d++ = *s++;
+    return d;
+}
+
+MF_INLINE int8_t *set_bytes(int8_t *d, int8_t v, int32_t n) {
+    for (; n > 0; --n) *d++ = v;
+    return d;
+}
+
+/* im2col of output pixel (oy, ox) of group g into slot (0..2) of the column block. (GCC would
+ * turn its short byte loops into memset/memcpy calls, which cost more than the loops.) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("no-tree-loop-distribute-patterns")))
+#endif
+static void conv_im2col(const mf_conv_dsp_params *p, const int8_t *in, int32_t oy, int32_t ox, int32_t g,
                         uint32_t *col, int32_t slot) {
     const int32_t cg = p->in_c / p->groups;
-    const int32_t oy = pix / p->out_w, ox = pix - oy * p->out_w;
     const int32_t iy0 = oy * p->stride_h - p->pad_top, ix0 = ox * p->stride_w - p->pad_left;
     const int32_t kw = p->k_w, dw = p->dil_w, row_bytes = p->in_w * p->in_c;
-    const int8_t *base = in + g * cg;
+    const int contiguous = dw == 1 && p->groups == 1;
+    const int8_t *base = in + g * cg + ix0 * p->in_c;
     uint32_t *dst = col + 2 * slot;
-    int32_t ky, kx, i;
+    int32_t ky, kx;
     /* the taps kx_lo <= kx < kx_hi of a row are inside the input */
     int32_t kx_lo = 0, kx_hi = kw;
-    while (kx_lo < kw && ix0 + kx_lo * dw < 0) ++kx_lo;
-    while (kx_hi > kx_lo && ix0 + (kx_hi - 1) * dw >= p->in_w) --kx_hi;
+    if (ix0 < 0 || ix0 + (kw - 1) * dw >= p->in_w) {
+        while (kx_lo < kw && ix0 + kx_lo * dw < 0) ++kx_lo;
+        while (kx_hi > kx_lo && ix0 + (kx_hi - 1) * dw >= p->in_w) --kx_hi;
+    }
     if ((cg & 3) == 0) {
         const uint32_t padw = mf_pack16(p->pad_value, p->pad_value);
-        const int32_t c4 = cg >> 2;
-        const int contiguous = dw == 1 && p->groups == 1;
+        const int32_t c4 = cg >> 2, inner = kx_lo == 0 && kx_hi == kw;
         for (ky = 0; ky < p->k_h; ++ky) {
             const int32_t iy = iy0 + ky * p->dil_h;
             if (iy < 0 || iy >= p->in_h) {
                 dst = fill_chunks(dst, padw, kw * c4);
-                continue;
-            }
-            dst = fill_chunks(dst, padw, kx_lo * c4);
-            if (contiguous) {
-                if (kx_hi > kx_lo) {
-                    dst = widen_chunks(dst, base + iy * row_bytes + (ix0 + kx_lo) * p->in_c, (kx_hi - kx_lo) * c4);
-                }
+            } else if (contiguous && inner) {
+                dst = widen_chunks(dst, base + iy * row_bytes, kw * c4);
             } else {
-                for (kx = kx_lo; kx < kx_hi; ++kx) {
-                    dst = widen_chunks(dst, base + iy * row_bytes + (ix0 + kx * dw) * p->in_c, c4);
+                dst = fill_chunks(dst, padw, kx_lo * c4);
+                if (contiguous) {
+                    if (kx_hi > kx_lo) {
+                        dst = widen_chunks(dst, base + iy * row_bytes + kx_lo * p->in_c, (kx_hi - kx_lo) * c4);
+                    }
+                } else {
+                    for (kx = kx_lo; kx < kx_hi; ++kx) {
+                        dst = widen_chunks(dst, base + iy * row_bytes + kx * dw * p->in_c, c4);
+                    }
                 }
+                dst = fill_chunks(dst, padw, (kw - kx_hi) * c4);
             }
-            dst = fill_chunks(dst, padw, (kw - kx_hi) * c4);
         }
     } else {
         /* channel counts that are not a multiple of 4: gather the bytes, then widen */
         int8_t *stage = (int8_t *)(col + MF_CONV_CW * p->chunks);
         int8_t *s = stage;
         const int8_t pv = (int8_t)p->pad_value;
-        const int32_t run = (kx_hi - kx_lo) * cg;
         for (ky = 0; ky < p->k_h; ++ky) {
             const int32_t iy = iy0 + ky * p->dil_h;
             if (iy < 0 || iy >= p->in_h) {
-                for (i = kw * cg; i > 0; --i) *s++ = pv;
+                s = set_bytes(s, pv, kw * cg);
                 continue;
             }
-            for (i = kx_lo * cg; i > 0; --i) *s++ = pv;
-            if (dw == 1 && p->groups == 1) {
-                const int8_t *src = base + iy * row_bytes + (ix0 + kx_lo) * p->in_c;
-                for (i = 0; i + 4 <= run; i += 4) mf_store32(s + i, mf_load32(src + i));
-                for (; i < run; ++i) s[i] = src[i];
-                s += run;
+            s = set_bytes(s, pv, kx_lo * cg);
+            if (contiguous) {
+                s = copy_bytes(s, base + iy * row_bytes + kx_lo * p->in_c, (kx_hi - kx_lo) * cg);
             } else {
-                for (kx = kx_lo; kx < kx_hi; ++kx) {
-                    const int8_t *src = base + iy * row_bytes + (ix0 + kx * dw) * p->in_c;
-                    for (i = 0; i < cg; ++i) *s++ = src[i];
-                }
+                for (kx = kx_lo; kx < kx_hi; ++kx) s = copy_bytes(s, base + iy * row_bytes + kx * dw * p->in_c, cg);
             }
-            for (i = (kw - kx_hi) * cg; i > 0; --i) *s++ = pv;
+            s = set_bytes(s, pv, (kw - kx_hi) * cg);
         }
-        while (s < stage + 4 * p->chunks) *s++ = 0; /* beyond the column: zero weights */
+        set_bytes(s, 0, (int32_t)(stage + 4 * p->chunks - s)); /* beyond the column: zero weights */
         widen_chunks(dst, stage, p->chunks);
     }
 }
@@ -236,19 +260,31 @@ MF_INLINE void conv_body(const mf_conv_dsp_params *p, const int8_t *in, int8_t *
     const int32_t pixels = p->out_h * p->out_w, oc = p->out_c;
     const int32_t og = oc / p->groups, og_pad = og + (og & 1);
     int32_t pix, g, i;
+    int32_t oy = 0, ox = 0; /* of pixel pix */
     for (pix = 0; pix + MF_CONV_PIX <= pixels; pix += MF_CONV_PIX) {
         int8_t *o = out + pix * oc;
         for (g = 0; g < p->groups; ++g) {
-            for (i = 0; i < MF_CONV_PIX; ++i) conv_im2col(p, in, pix + i, g, col, i);
+            int32_t y = oy, x = ox;
+            for (i = 0; i < MF_CONV_PIX; ++i) {
+                conv_im2col(p, in, y, x, g, col, i);
+                if (++x == p->out_w) x = 0, ++y;
+            }
             conv_channels(p->w + g * og_pad * p->chunks, p->q + g * og_pad * MF_Q_WORDS, col, p->chunks, og,
                           o + g * og, oc, MF_CONV_PIX, fast, clamp, p->act_min, p->act_max);
+        }
+        for (i = 0; i < MF_CONV_PIX; ++i) {
+            if (++ox == p->out_w) ox = 0, ++oy;
         }
     }
     if (pix < pixels) { /* the last one or two pixels */
         const int32_t rest = pixels - pix;
         int8_t *o = out + pix * oc;
         for (g = 0; g < p->groups; ++g) {
-            for (i = 0; i < rest; ++i) conv_im2col(p, in, pix + i, g, col, i);
+            int32_t y = oy, x = ox;
+            for (i = 0; i < rest; ++i) {
+                conv_im2col(p, in, y, x, g, col, i);
+                if (++x == p->out_w) x = 0, ++y;
+            }
             conv_channels(p->w + g * og_pad * p->chunks, p->q + g * og_pad * MF_Q_WORDS, col, p->chunks, og,
                           o + g * og, oc, rest, fast, clamp, p->act_min, p->act_max);
         }
