@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-portable", action="store_true", help="skip the portable-kernel baseline")
     ap.add_argument("--json", type=Path, default=ROOT / "results" / "cortex_m.json")
     args = ap.parse_args(argv)
-    console = Console(width=None if Console().is_terminal else 170)
+    console = Console(width=None if Console().is_terminal else 180)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     rows = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
@@ -215,19 +215,22 @@ def main(argv=None) -> int:
 
     t = Table(title="Instructions per inference vs CMSIS-NN (CMSIS-NN: Cortex-M4 on QEMU, DESIGN.md)",
               header_style="bold")
-    for col in ("model", "target", "MACs", "mcuforge DSP", "per MAC", "CMSIS-NN", "ratio", "portable",
-                "CMSIS pure C", "ratio", "flash B", "RAM B (arena+static+stack)", "bit-exact"):
-        t.add_column(col, justify="left" if col in ("model", "target", "bit-exact") else "right")
+    for col in ("model", "target", "MACs", "instr.", "/MAC", "CMSIS-NN", "ratio", "portable", "/CMSIS C",
+                "flash B", "arena B", "static B", "stack B", "exact"):
+        t.add_column(col, justify="left" if col in ("model", "target", "exact") else "right", no_wrap=True)
     for r in rows:
         d, p, c = r["dsp"], r["portable"], r["cmsis_nn_m4"]
-        t.add_row(r["model"], r["target"], f"{r['macs']:,}", f"{d['instructions']:,.0f}",
+        t.add_row(r["model"], r["target"].replace("cortex-", ""), f"{r['macs']:,}", f"{d['instructions']:,.0f}",
                   f"{d['instructions_per_mac']:.2f}", f"{c['instructions']:,}", f"{r['ratio_vs_cmsis_nn']:.2f}",
-                  f"{p['instructions']:,.0f}" if p else "", f"{c['pure_c']:,}",
+                  f"{p['instructions']:,.0f}" if p else "",
                   f"{r['ratio_portable_vs_cmsis_pure_c']:.2f}" if p else "",
-                  f"{d['flash_model']:,}",
-                  f"{d['ram_model']:,} ({d['ram_arena']:,}+{d['ram_static']:,}+{d['stack_inference']:,})",
+                  f"{d['flash_model']:,}", f"{d['ram_arena']:,}", f"{d['ram_static']:,}", f"{d['stack_inference']:,}",
                   "yes" if d["bit_exact"] and (p is None or p["bit_exact"]) else "[red]NO[/]")
     console.print(t)
+    console.print("ratio: mcuforge / CMSIS-NN instructions; /CMSIS C: portable kernels / CMSIS-NN's pure-C build; "
+                  "flash: the model library's code and constants; static: its other RAM (kernel scratch); "
+                  "stack: measured for one inference. TFLM's arenas (x86): " +
+                  ", ".join(f"{m} {v['tflm_arena']:,} B" for m, v in CMSIS.items()))
 
     types = type_summary(rows)
     if types:
