@@ -194,6 +194,107 @@ __attribute__((naked, noinline)) static void conv_mm3x2_asm(MF_UNUSED int32_t *a
         "pop    {r0, r3, r4, r5, r6, r7, r8, r9, r10, r11, r12, pc}\n\t");
 #undef MF_MM3X2_CHUNK
 }
+
+/* The whole channel loop for three pixels, fast requantization, no clamp: per pair of output
+ * channels, the 3x2 product (as conv_mm3x2_asm) and the six requantized outputs. The job
+ * block holds what does not fit the registers: w, q, col, xend (untagged), o, ps, pairs,
+ * and the 2-mod-4 flag of the chunk count; w, q and o are advanced. */
+typedef struct {
+    const uint32_t *w;
+    const int32_t *q;
+    const uint32_t *col, *xend;
+    int8_t *o;
+    int32_t ps, pairs, two;
+} conv_job;
+
+__attribute__((naked, noinline)) static void conv_pairs3_fast_asm(MF_UNUSED conv_job *job) {
+#define MF_MM3X2_CHUNK                                \
+    "ldrd   r6, r8, [r12], #8\n\t"                    \
+    "sxtb16 r7, r6, ror #8\n\t"                       \
+    "sxtb16 r6, r6\n\t"                               \
+    "sxtb16 r9, r8, ror #8\n\t"                       \
+    "sxtb16 r8, r8\n\t"                               \
+    "ldrd   r10, r11, [lr], #8\n\t"                   \
+    "smlad  r0, r6, r10, r0\n\t"                      \
+    "smlad  r0, r7, r11, r0\n\t"                      \
+    "smlad  r1, r8, r10, r1\n\t"                      \
+    "smlad  r1, r9, r11, r1\n\t"                      \
+    "ldrd   r10, r11, [lr], #8\n\t"                   \
+    "smlad  r2, r6, r10, r2\n\t"                      \
+    "smlad  r2, r7, r11, r2\n\t"                      \
+    "smlad  r3, r8, r10, r3\n\t"                      \
+    "smlad  r3, r9, r11, r3\n\t"                      \
+    "ldrd   r10, r11, [lr], #8\n\t"                   \
+    "smlad  r4, r6, r10, r4\n\t"                      \
+    "smlad  r4, r7, r11, r4\n\t"                      \
+    "smlad  r5, r8, r10, r5\n\t"                      \
+    "smlad  r5, r9, r11, r5\n\t"
+/* requantize accumulator A (fast form; r6 M, r7 C, r8 e) into r9 */
+#define MF_REQ(A)                                     \
+    "lsl    r9, " A ", #1\n\t"                        \
+    "smmlar r9, r9, r6, r7\n\t"                       \
+    "add    r9, r9, " A ", asr #31\n\t"               \
+    "asr    r9, r9, r8\n\t"                           \
+    "ssat   r9, #8, r9\n\t"
+    __asm__(
+        "push   {r0, r4, r5, r6, r7, r8, r9, r10, r11, lr}\n\t"
+        "3:\n\t"
+        "ldr    r12, [sp]\n\t"                        /* job */
+        "ldr    r1, [r12, #4]\n\t"
+        "ldrd   r0, r1, [r1]\n\t"                     /* the pair's biases */
+        "mov    r2, r0\n\t"
+        "mov    r3, r1\n\t"
+        "mov    r4, r0\n\t"
+        "mov    r5, r1\n\t"
+        "ldr    lr, [r12, #8]\n\t"                    /* col */
+        "ldr    r10, [r12, #28]\n\t"                  /* chunks 2 mod 4 */
+        "ldr    r12, [r12]\n\t"                       /* w */
+        "cmp    r10, #0\n\t"
+        "beq    1f\n\t" MF_MM3X2_CHUNK MF_MM3X2_CHUNK
+        "ldr    r10, [sp]\n\t"
+        "ldr    r10, [r10, #12]\n\t"
+        "cmp    lr, r10\n\t"
+        "bhs    2f\n\t"
+        "1:\n\t" MF_MM3X2_CHUNK MF_MM3X2_CHUNK MF_MM3X2_CHUNK MF_MM3X2_CHUNK
+        "ldr    r10, [sp]\n\t"
+        "ldr    r10, [r10, #12]\n\t"
+        "cmp    lr, r10\n\t"
+        "blo    1b\n\t"
+        "2:\n\t"
+        "ldr    r11, [sp]\n\t"
+        "str    r12, [r11]\n\t"                       /* w advanced */
+        "ldr    r12, [r11, #4]\n\t"                   /* q */
+        "ldr    lr, [r11, #16]\n\t"                   /* o */
+        "ldr    r11, [r11, #20]\n\t"                  /* ps */
+        "ldrd   r6, r7, [r12, #8]\n\t"
+        "ldr    r8, [r12, #16]\n\t"
+        MF_REQ("r0") "strb   r9, [lr]\n\t"
+        MF_REQ("r2") "strb   r9, [lr, r11]\n\t"
+        MF_REQ("r4") "strb   r9, [lr, r11, lsl #1]\n\t"
+        "ldrd   r6, r7, [r12, #20]\n\t"
+        "ldr    r8, [r12, #28]\n\t"
+        "add    lr, lr, #1\n\t"
+        MF_REQ("r1") "strb   r9, [lr]\n\t"
+        MF_REQ("r3") "strb   r9, [lr, r11]\n\t"
+        MF_REQ("r5") "strb   r9, [lr, r11, lsl #1]\n\t"
+        "add    lr, lr, #1\n\t"
+        "add    r12, r12, #32\n\t"
+        "ldr    r11, [sp]\n\t"
+        "str    r12, [r11, #4]\n\t"
+        "str    lr, [r11, #16]\n\t"
+        "ldr    r10, [r11, #24]\n\t"
+        "subs   r10, r10, #1\n\t"
+        "str    r10, [r11, #24]\n\t"
+        "bne    3b\n\t"
+        "pop    {r0, r4, r5, r6, r7, r8, r9, r10, r11, pc}\n\t");
+#undef MF_MM3X2_CHUNK
+#undef MF_REQ
+}
+#define MF_CONV_PAIRS_ASM 1
+#endif
+
+#ifndef MF_CONV_PAIRS_ASM
+#define MF_CONV_PAIRS_ASM 0
 #endif
 
 /* The 3x2 micro-kernel over an even number of chunks (the generator pads the column to a
@@ -231,6 +332,23 @@ MF_INLINE void conv_channels(const uint32_t *w, const int32_t *q, const uint32_t
                              int32_t hi) {
     int8_t *const oend = o + (og & ~1);
     int32_t acc[2 * MF_CONV_PIX];
+#if MF_CONV_PAIRS_ASM
+    if (fast && !clamp && npix == 3 && og > 1) {
+        conv_job job;
+        job.w = w;
+        job.q = q;
+        job.col = col;
+        job.xend = col + MF_CONV_CW * chunks;
+        job.o = o;
+        job.ps = ps;
+        job.pairs = og >> 1;
+        job.two = chunks & 2;
+        conv_pairs3_fast_asm(&job);
+        w = job.w;
+        q = job.q;
+        o = job.o;
+    }
+#endif
     for (; o < oend; o += 2, q += 8, w += 2 * chunks) {
         acc[0] = acc[2] = acc[4] = q[0];
         acc[1] = acc[3] = acc[5] = q[1];
