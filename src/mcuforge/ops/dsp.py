@@ -199,7 +199,7 @@ def emit_dwconv(op, node: Node, graph: Graph, ctx) -> str:
     plane_w += plane_w & 1
     ctx.use_kernel_files(*HEADERS, "mf_dwconv_dsp.c")
     w_id = ctx.array(node.name + "_wq", blob, "uint32_t")
-    scratch = ctx.scratch(2 * (plane_h * plane_w + 2))
+    scratch = ctx.scratch(4 * (plane_h * plane_w + 2))  # two int16 planes
     p = ctx.ident(node.name + "_p")
     g = geo
     ctx.decl(

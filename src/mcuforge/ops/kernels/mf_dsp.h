@@ -33,7 +33,9 @@
 #define MF_INLINE static inline
 #endif
 
-#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+/* The instructions themselves with GNU-compatible compilers (gcc, clang, armclang: ACLE and inline
+ * assembly); any other compiler gets the portable emulations below. */
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP && defined(__GNUC__)
 #define MF_DSP_NATIVE 1
 #include <arm_acle.h>
 #else

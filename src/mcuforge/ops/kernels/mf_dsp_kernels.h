@@ -46,7 +46,7 @@ void mf_conv_dsp_s8_exact_clamp(const mf_conv_dsp_params *p, const int8_t *in, i
  * Weights, per output channel, followed by its MF_Q_WORDS record: k_h rows of
  * ceil(k_w / 2) words (w[2i], w[2i+1]), or for the 3-wide form k_h rows of (w0, w1),
  * (w1, w2); doubled (2 w) in the fast variants, whose bias is doubled too.
- * Scratch: 2 * plane_h * plane_w + 4 bytes. */
+ * Scratch: two planes, 4 * plane_h * plane_w + 8 bytes (channels are widened in pairs). */
 typedef struct {
     int32_t in_h, in_w, in_sy, in_sx, in_c, mult;
     int32_t out_h, out_w, out_sy, out_sx;

@@ -43,6 +43,46 @@ static void dw_plane(const mf_dwconv_dsp_params *p, const int8_t *in, int32_t c,
     plane[p->plane_h * pw + 1] = pv;
 }
 
+MF_INLINE uint32_t load16(const int8_t *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+/* The planes of channels c and c + 1 at once (two bytes per load, SXTB16 splits them), the
+ * second plane `size` elements after the first. */
+static void dw_plane2(const mf_dwconv_dsp_params *p, const int8_t *in, int32_t c, int16_t *plane, int32_t size) {
+    const int16_t pv = (int16_t)p->pad_value;
+    const int32_t pw = p->plane_w, sx = p->in_sx;
+    const int32_t x0 = MF_MIN(p->pad_left, pw), x1 = MF_MIN(p->pad_left + p->in_w, pw);
+    int16_t *const plane1 = plane + size;
+    int32_t py, px;
+    for (py = 0; py < p->plane_h; ++py) {
+        const int32_t iy = py - p->pad_top;
+        int16_t *d0 = plane + py * pw, *d1 = plane1 + py * pw;
+        if (iy < 0 || iy >= p->in_h) {
+            for (px = 0; px < pw; ++px) d0[px] = d1[px] = pv;
+            continue;
+        }
+        for (px = 0; px < x0; ++px) d0[px] = d1[px] = pv;
+        if (x0 < x1) {
+            const int8_t *s = in + iy * p->in_sy + (x0 - p->pad_left) * sx + c;
+            for (px = x0; px + 1 < x1; px += 2, s += 2 * sx) {
+                const uint32_t v = load16(s) | (load16(s + sx) << 16); /* (c, c+1) at px, px + 1 */
+                mf_store32(d0 + px, mf_sxtb16(v));
+                mf_store32(d1 + px, mf_sxtb16_ror8(v));
+            }
+            if (px < x1) {
+                d0[px] = s[0];
+                d1[px] = s[1];
+            }
+        }
+        for (px = MF_MAX(x0, x1); px < pw; ++px) d0[px] = d1[px] = pv;
+    }
+    plane[p->plane_h * pw] = plane[p->plane_h * pw + 1] = pv;
+    plane1[p->plane_h * pw] = plane1[p->plane_h * pw + 1] = pv;
+}
+
 MF_INLINE int8_t dw_out(int32_t acc, const int32_t *q, const int fast, const int clamp, int32_t lo, int32_t hi) {
     return mf_dsp_act(fast ? mf_dsp_requant2(acc, q, 1) : mf_dsp_requant(acc, q, 0), clamp, lo, hi);
 }
@@ -214,24 +254,36 @@ MF_INLINE void dw_generic(const mf_dwconv_dsp_params *p, const int16_t *plane, c
     }
 }
 
+MF_INLINE void dw_channel(const mf_dwconv_dsp_params *p, const int16_t *plane, int32_t c, int8_t *out,
+                          const int fast, const int clamp) {
+    const int32_t words = (p->three ? 2 * p->k_h : p->k_h * ((p->k_w + 1) >> 1)) + MF_Q_WORDS;
+    int32_t j;
+    for (j = 0; j < p->mult; ++j) {
+        const int32_t o = c * p->mult + j;
+        const uint32_t *blob = p->w + o * words;
+        if (p->three && p->k_h == 3) {
+            dw_three3(p, plane, blob, out + o, fast, clamp);
+        } else if (p->three) {
+            dw_three(p, plane, blob, out + o, fast, clamp);
+        } else {
+            dw_generic(p, plane, blob, out + o, fast, clamp);
+        }
+    }
+}
+
 MF_INLINE void dw_body(const mf_dwconv_dsp_params *p, const int8_t *in, int8_t *out, uint32_t *scratch,
                        const int fast, const int clamp) {
     int16_t *plane = (int16_t *)scratch;
-    const int32_t words = (p->three ? 2 * p->k_h : p->k_h * ((p->k_w + 1) >> 1)) + MF_Q_WORDS;
-    int32_t c, j;
-    for (c = 0; c < p->in_c; ++c) {
+    const int32_t size = p->plane_h * p->plane_w + 2; /* elements per plane (even) */
+    int32_t c = 0;
+    for (; c + 1 < p->in_c; c += 2) {
+        dw_plane2(p, in, c, plane, size);
+        dw_channel(p, plane, c, out, fast, clamp);
+        dw_channel(p, plane + size, c + 1, out, fast, clamp);
+    }
+    if (c < p->in_c) {
         dw_plane(p, in, c, plane);
-        for (j = 0; j < p->mult; ++j) {
-            const int32_t o = c * p->mult + j;
-            const uint32_t *blob = p->w + o * words;
-            if (p->three && p->k_h == 3) {
-                dw_three3(p, plane, blob, out + o, fast, clamp);
-            } else if (p->three) {
-                dw_three(p, plane, blob, out + o, fast, clamp);
-            } else {
-                dw_generic(p, plane, blob, out + o, fast, clamp);
-            }
-        }
+        dw_channel(p, plane, c, out, fast, clamp);
     }
 }
 
