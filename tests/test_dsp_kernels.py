@@ -146,9 +146,13 @@ def dwconv_layer(b: Builder, rng, i: int) -> str:
     """Depthwise: 3x3 stride 1 (the two-output form, odd and even widths), other sizes, strides, dilations."""
     c = int(rng.integers(2, 12))
     m = int(rng.choice([1, 1, 2, 3]))
-    kh, kw = [(3, 3), (3, 3), (int(rng.integers(1, 6)), 3), (int(rng.integers(1, 4)), int(rng.integers(1, 6)))][i % 4]
-    stride = [int(rng.integers(1, 3)), 1 if i % 4 < 3 else int(rng.integers(1, 3))]
-    dil = [1, 1] if rng.random() < 0.7 else [int(rng.integers(1, 3)), 1 if i % 4 < 3 else int(rng.integers(1, 3))]
+    form = i % 5  # 3x3 stride 1 (twice), 3-wide, stride 2 along the row (3x3 s2 every other), anything
+    kh, kw = [(3, 3), (3, 3), (int(rng.integers(1, 6)), 3),
+              (3, 3) if i % 2 else (int(rng.integers(1, 6)), int(rng.integers(1, 6))),
+              (int(rng.integers(1, 4)), int(rng.integers(1, 6)))][form]
+    stride = [2 if form == 3 and i % 2 else int(rng.integers(1, 3)), [1, 1, 1, 2, int(rng.integers(1, 3))][form]]
+    dil = [1, 1] if rng.random() < 0.7 or form == 3 else [int(rng.integers(1, 3)), 1 if form < 3 else
+                                                          int(rng.integers(1, 3))]
     eff_h, eff_w = dil[0] * (kh - 1) + 1, dil[1] * (kw - 1) + 1
     h, w = int(rng.integers(eff_h, eff_h + 8)), int(rng.integers(eff_w, eff_w + 8))
     pads = [int(rng.integers(0, eff_h)), int(rng.integers(0, eff_h)), int(rng.integers(0, eff_w)),
@@ -158,7 +162,7 @@ def dwconv_layer(b: Builder, rng, i: int) -> str:
     if rng.random() < 0.8:
         inputs.append(b.const("b", rng.normal(size=c * m) * 3))
     act = [dict(), dict(act_min=0.0), dict(act_min=0.0, act_max=6.0), dict(act_min=-1.0, act_max=1.0)][
-        int(rng.integers(4))]
+        0 if form == 3 else int(rng.integers(4))]
     return b.op("conv2d", inputs, stride=stride, dilation=dil, pads=pads, groups=c, **act)
 
 
@@ -239,17 +243,18 @@ def _variants(layer, seeds, offset=0) -> set[str]:
             src = (Path(d) / "lib" / "model.c").read_text()
             seen |= set(calls(src, r"mf_\w+_dsp"))
             for body, tail in re.findall(r"mf_dwconv_dsp_params \w+ = \{(.*?)\};([^\n]*)", src, re.S):
-                three = int(re.findall(r"-?\d+", body)[21])  # the 22nd field
-                seen.add(("dw", "three" if three else "pairs", "transposed" in tail))
+                f = [int(v) for v in re.findall(r"-?\d+", body)[:22]]  # stride_w f[13], dil_w f[15], three f[21]
+                form = "three" if f[21] else "stride2" if (f[13], f[15]) == (2, 1) else "pairs"
+                seen.add(("dw", form, "transposed" in tail))
     return seen
 
 
 def test_dsp_tests_cover_every_variant():
     """The seeds above exercise both requantization forms, with and without the clamp, per kernel,
-    and the depthwise forms (3-wide two-output rows, normal and transposed; tap pairs)."""
+    and the depthwise forms (3-wide two-output rows, normal and transposed; stride 2; tap pairs)."""
     seen = _variants(conv_layer, CONV_SEEDS) | _variants(dwconv_layer, DW_SEEDS, 100) | \
         _variants(fc_layer, FC_SEEDS, 200) | _variants(add_layer, ADD_SEEDS, 300)
-    assert {("dw", "three", False), ("dw", "three", True), ("dw", "pairs", False)} <= seen, seen
+    assert {("dw", "three", False), ("dw", "three", True), ("dw", "stride2", False), ("dw", "pairs", False)} <= seen, seen
     want = {f"mf_{k}_dsp_s8_{v}" for k in ("conv", "dwconv", "fc", "add")
             for v in ("fast", "fast_clamp", "exact", "exact_clamp")}
     assert want <= seen, want - seen

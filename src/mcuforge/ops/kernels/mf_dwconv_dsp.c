@@ -136,6 +136,47 @@ static void dw_three3_row_asm(const int16_t *r0, const int16_t *r1, const int16_
         : [blob] "r"(blob), [os] "r"(os)
         : "cc", "memory");
 }
+
+/* The 3x3 (or 3x4) stride-2 two-output loop over `pairs` output pairs of one row (fast, no
+ * clamp); blob: (a0 b0 a1 b1 a2 b2) = the rows' (w0, w1), (w2, w3) pairs, then (bias M C e). */
+static void dw_s2_row_asm(const int16_t *r0, const int16_t *r1, const int16_t *r2, const uint32_t *blob,
+                          int8_t *o, int32_t os, int32_t pairs) {
+    uint32_t a, b, v0, v1;
+    int32_t acc0, acc1;
+#define MF_DW_S2_ROW(R, OFF)                          \
+        "ldrd   %[v0], %[v1], [%[" R "]], #8\n\t"    \
+        "ldrd   %[a], %[b], [%[blob], #" OFF "]\n\t" \
+        "smlad  %[acc0], %[v0], %[a], %[acc0]\n\t"   \
+        "smlad  %[acc0], %[v1], %[b], %[acc0]\n\t"   \
+        "smlad  %[acc1], %[v1], %[a], %[acc1]\n\t"   \
+        "ldr    %[v0], [%[" R "]]\n\t"               \
+        "smlad  %[acc1], %[v0], %[b], %[acc1]\n\t"
+    __asm__ volatile(
+        "1:\n\t"
+        "ldr    %[acc0], [%[blob], #24]\n\t"
+        "mov    %[acc1], %[acc0]\n\t"
+        MF_DW_S2_ROW("r0", "0") MF_DW_S2_ROW("r1", "8") MF_DW_S2_ROW("r2", "16")
+        "ldrd   %[a], %[b], [%[blob], #28]\n\t"
+        "ldr    %[v0], [%[blob], #36]\n\t"
+        "smmlar %[v1], %[acc0], %[a], %[b]\n\t"
+        "add    %[v1], %[v1], %[acc0], asr #31\n\t"
+        "asr    %[v1], %[v1], %[v0]\n\t"
+        "ssat   %[v1], #8, %[v1]\n\t"
+        "strb   %[v1], [%[o]]\n\t"
+        "smmlar %[v1], %[acc1], %[a], %[b]\n\t"
+        "add    %[v1], %[v1], %[acc1], asr #31\n\t"
+        "asr    %[v1], %[v1], %[v0]\n\t"
+        "ssat   %[v1], #8, %[v1]\n\t"
+        "strb   %[v1], [%[o], %[os]]\n\t"
+        "add    %[o], %[o], %[os], lsl #1\n\t"
+        "subs   %[pairs], %[pairs], #1\n\t"
+        "bne    1b\n\t"
+        : [r0] "+r"(r0), [r1] "+r"(r1), [r2] "+r"(r2), [o] "+r"(o), [pairs] "+r"(pairs), [a] "=&r"(a),
+          [b] "=&r"(b), [v0] "=&r"(v0), [v1] "=&r"(v1), [acc0] "=&r"(acc0), [acc1] "=&r"(acc1)
+        : [blob] "r"(blob), [os] "r"(os)
+        : "cc", "memory");
+#undef MF_DW_S2_ROW
+}
 #define MF_DW_ROW_ASM 1
 #else
 #define MF_DW_ROW_ASM 0
@@ -227,6 +268,75 @@ MF_INLINE void dw_three(const mf_dwconv_dsp_params *p, const int16_t *plane, con
     }
 }
 
+/* Stride 2 along the row, undilated: two outputs per pass share all but one of their tap pairs
+ * (output ox + 1 starts where the second pair of output ox is). */
+MF_INLINE void dw_stride2(const mf_dwconv_dsp_params *p, const int16_t *plane, const uint32_t *blob,
+                          int8_t *out, const int fast, const int clamp) {
+    const int32_t pw = p->plane_w, kp = (p->k_w + 1) >> 1, rs = p->dil_h * pw, os = p->out_sx;
+    const int32_t *q = (const int32_t *)(blob + p->k_h * kp);
+    const int32_t bias = q[MF_Q_BIAS], lo = p->act_min, hi = p->act_max;
+    int32_t oy, ox, ky, i;
+    for (oy = 0; oy < p->out_h; ++oy) {
+        const int16_t *r0 = plane + oy * p->stride_h * pw;
+        int8_t *o = out + oy * p->out_sy;
+        ox = 0;
+#if MF_DW_ROW_ASM
+        if (fast && !clamp && p->k_h == 3 && kp == 2 && p->out_w > 1) {
+            const int32_t pairs = p->out_w >> 1;
+            dw_s2_row_asm(r0, r0 + rs, r0 + 2 * rs, blob, o, os, pairs);
+            ox = 2 * pairs;
+            r0 += 4 * pairs;
+            o += 2 * pairs * os;
+        }
+#endif
+        if (p->k_h == 3 && kp == 2) { /* 3x3 and 3x4: unrolled, weights in registers */
+            const uint32_t a0 = blob[0], b0 = blob[1], a1 = blob[2], b1 = blob[3], a2 = blob[4], b2 = blob[5];
+            for (; ox + 1 < p->out_w; ox += 2, r0 += 4, o += 2 * os) {
+                uint32_t v0 = mf_load32(r0), v1 = mf_load32(r0 + 2), v2 = mf_load32(r0 + 4);
+                int32_t acc0 = mf_smlad(v1, b0, mf_smlad(v0, a0, bias));
+                int32_t acc1 = mf_smlad(v2, b0, mf_smlad(v1, a0, bias));
+                v0 = mf_load32(r0 + rs);
+                v1 = mf_load32(r0 + rs + 2);
+                v2 = mf_load32(r0 + rs + 4);
+                acc0 = mf_smlad(v1, b1, mf_smlad(v0, a1, acc0));
+                acc1 = mf_smlad(v2, b1, mf_smlad(v1, a1, acc1));
+                v0 = mf_load32(r0 + 2 * rs);
+                v1 = mf_load32(r0 + 2 * rs + 2);
+                v2 = mf_load32(r0 + 2 * rs + 4);
+                acc0 = mf_smlad(v1, b2, mf_smlad(v0, a2, acc0));
+                acc1 = mf_smlad(v2, b2, mf_smlad(v1, a2, acc1));
+                o[0] = dw_out(acc0, q, fast, clamp, lo, hi);
+                o[os] = dw_out(acc1, q, fast, clamp, lo, hi);
+            }
+        }
+        for (; ox + 1 < p->out_w; ox += 2, r0 += 4, o += 2 * os) {
+            const int16_t *r = r0;
+            const uint32_t *w = blob;
+            int32_t acc0 = bias, acc1 = bias;
+            for (ky = 0; ky < p->k_h; ++ky, r += rs) {
+                uint32_t v = mf_load32(r);
+                for (i = 0; i < kp; ++i, ++w) {
+                    const uint32_t next = mf_load32(r + 2 * i + 2);
+                    acc0 = mf_smlad(v, *w, acc0);
+                    acc1 = mf_smlad(next, *w, acc1);
+                    v = next;
+                }
+            }
+            o[0] = dw_out(acc0, q, fast, clamp, lo, hi);
+            o[os] = dw_out(acc1, q, fast, clamp, lo, hi);
+        }
+        if (ox < p->out_w) {
+            const int16_t *r = r0;
+            const uint32_t *w = blob;
+            int32_t acc0 = bias;
+            for (ky = 0; ky < p->k_h; ++ky, r += rs) {
+                for (i = 0; i < kp; ++i) acc0 = mf_smlad(mf_load32(r + 2 * i), *w++, acc0);
+            }
+            o[0] = dw_out(acc0, q, fast, clamp, lo, hi);
+        }
+    }
+}
+
 /* Any kernel, stride and dilation: tap pairs along the row. */
 MF_INLINE void dw_generic(const mf_dwconv_dsp_params *p, const int16_t *plane, const uint32_t *blob,
                           int8_t *out, const int fast, const int clamp) {
@@ -265,6 +375,8 @@ MF_INLINE void dw_channel(const mf_dwconv_dsp_params *p, const int16_t *plane, i
             dw_three3(p, plane, blob, out + o, fast, clamp);
         } else if (p->three) {
             dw_three(p, plane, blob, out + o, fast, clamp);
+        } else if (p->stride_w == 2 && p->dil_w == 1) {
+            dw_stride2(p, plane, blob, out + o, fast, clamp);
         } else {
             dw_generic(p, plane, blob, out + o, fast, clamp);
         }
