@@ -364,6 +364,22 @@ MF_INLINE void dw_generic(const mf_dwconv_dsp_params *p, const int16_t *plane, c
     }
 }
 
+/* The less common forms, compiled once with the variant as run-time flags (code size). */
+static void dw_three_any(const mf_dwconv_dsp_params *p, const int16_t *plane, const uint32_t *blob, int8_t *out,
+                         int fast, int clamp) {
+    dw_three(p, plane, blob, out, fast, clamp);
+}
+
+static void dw_stride2_any(const mf_dwconv_dsp_params *p, const int16_t *plane, const uint32_t *blob, int8_t *out,
+                           int fast, int clamp) {
+    dw_stride2(p, plane, blob, out, fast, clamp);
+}
+
+static void dw_generic_any(const mf_dwconv_dsp_params *p, const int16_t *plane, const uint32_t *blob, int8_t *out,
+                           int fast, int clamp) {
+    dw_generic(p, plane, blob, out, fast, clamp);
+}
+
 MF_INLINE void dw_channel(const mf_dwconv_dsp_params *p, const int16_t *plane, int32_t c, int8_t *out,
                           const int fast, const int clamp) {
     const int32_t words = (p->three ? 2 * p->k_h : p->k_h * ((p->k_w + 1) >> 1)) + MF_Q_WORDS;
@@ -372,13 +388,13 @@ MF_INLINE void dw_channel(const mf_dwconv_dsp_params *p, const int16_t *plane, i
         const int32_t o = c * p->mult + j;
         const uint32_t *blob = p->w + o * words;
         if (p->three && p->k_h == 3) {
-            dw_three3(p, plane, blob, out + o, fast, clamp);
+            dw_three3(p, plane, blob, out + o, fast, clamp); /* the common case, specialized per variant */
         } else if (p->three) {
-            dw_three(p, plane, blob, out + o, fast, clamp);
+            dw_three_any(p, plane, blob, out + o, fast, clamp);
         } else if (p->stride_w == 2 && p->dil_w == 1) {
-            dw_stride2(p, plane, blob, out + o, fast, clamp);
+            dw_stride2_any(p, plane, blob, out + o, fast, clamp);
         } else {
-            dw_generic(p, plane, blob, out + o, fast, clamp);
+            dw_generic_any(p, plane, blob, out + o, fast, clamp);
         }
     }
 }
