@@ -70,6 +70,8 @@ def memory_table(report: dict) -> Table:
     table.add_column("what")
     table.add_column("bytes", justify="right")
     table.add_row("activation arena (RAM, planned peak)", f"{m['arena_bytes']:,}")
+    if m.get("scratch_bytes"):
+        table.add_row("kernel scratch (RAM, im2col)", f"{m['scratch_bytes']:,}")
     table.add_row("activations without planning", f"{m['unplanned_bytes']:,}")
     table.add_row("weights + biases", f"{t['weight_bytes']:,}")
     table.add_row("all constants incl. layer parameters (flash)", f"{t['const_bytes']:,}")
@@ -81,10 +83,12 @@ def fit_summary(report: dict, target) -> str:
     from .targets.table import format_size
 
     arena, consts = report["memory"]["arena_bytes"], report["totals"]["const_bytes"]
-    ok = arena <= target.ram and consts <= target.flash
+    scratch = report["memory"].get("scratch_bytes") or 0
+    ok = arena + scratch <= target.ram and consts <= target.flash
     head = "[green]fits[/]" if ok else "[bold yellow]does not fit[/]"
+    ram = f"arena {arena:,} B" + (f" + kernel scratch {scratch:,} B" if scratch else "")
     return (f"{head} {target.name} ({target.core.name}, {format_size(target.ram)} RAM, "
-            f"{format_size(target.flash)} flash): arena {arena:,} B = {arena / target.ram:.1%} of RAM, constants "
+            f"{format_size(target.flash)} flash): {ram} = {(arena + scratch) / target.ram:.1%} of RAM, constants "
             f"{consts:,} B = {consts / target.flash:.1%} of flash, before code, stack and runtime "
             f"(`mcuforge bench` measures the linked firmware)")
 
