@@ -1,8 +1,9 @@
 """C emission of the fast kernels for cores with the DSP extension (ops/kernels/mf_*_dsp.c).
 
-The op emitters (conv2d, fully_connected, add) call in here when ``ctx.target.has_dsp``;
-an emitter returns None for a configuration its kernel does not cover and the op falls back
-to its portable kernel. Nothing here changes the integer semantics: every constant is
+The op emitters (conv2d incl. depthwise, fully_connected, add) call in here when
+``ctx.target.has_dsp`` (the pools pick mf_pool_dsp.c themselves: same parameters); an emitter
+returns None for a configuration its kernel does not cover and the op falls back to its
+portable kernel. Nothing here changes the integer semantics: every constant is
 derived from the op's own parameters (``requant``, ``params``) and the kernels are tested
 bit-exact against the integer reference, on the host (emulated intrinsics, sanitizers) and
 on QEMU.
