@@ -59,8 +59,22 @@ def test_sinc_kws_architecture():
     assert n_params(m.sinc) == 80  # two cut-offs per filter
     convs = [c for c in m.blocks.modules() if isinstance(c, torch.nn.Conv1d)]
     assert len(convs) == 10 and all(c.out_channels in (162, 40) for c in convs)
-    low, high = m.sinc.cutoffs()
+    low, high = (t.detach() for t in m.sinc.cutoffs())
     assert torch.all(high > low) and float(high.max()) <= 8000
+
+
+def test_sinc_kws_export_form_computes_the_same():
+    torch.manual_seed(1)
+    m = SincKWS()
+    fit_steps = torch.optim.SGD(m.parameters(), lr=0.01)
+    x = torch.randn(4, 1, 16000) * 0.2
+    m(x).sum().backward()  # move the batch-norm statistics and the cut-offs away from their initial values
+    fit_steps.step()
+    m.eval()
+    dep = fix_sinc(m).for_export().eval()
+    with torch.no_grad():
+        torch.testing.assert_close(dep(x), m(x), rtol=1e-4, atol=1e-4)
+    assert isinstance(m.sinc, SincConv1d)  # the trained model keeps its SincConv
 
 
 def test_sinc_conv_exports_as_a_fixed_conv1d():

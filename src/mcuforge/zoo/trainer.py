@@ -178,7 +178,9 @@ def train(model: str, data: str | None = None, preset: str = "small", out: str |
         metrics["float"][extra] = evaluate(spec.task, predict(net, xe), xe, ds.y, ds.meta,
                                            ds.info.get("clip") if spec.task == "autoencoder" else None)
     phase("exporting")
-    deployable = fix_sinc(net).eval()
+    deployable = fix_sinc(net).eval()  # a copy: `net` keeps its SincConv for the checkpoint
+    if hasattr(deployable, "for_export"):
+        deployable = deployable.for_export().eval()
     example = torch.from_numpy(x_tr[:1])
     ep = torch.export.export(deployable, (example,))
     rng = np.random.default_rng(seed)
