@@ -93,7 +93,7 @@ def test_speech_commands_folder(tmp_path):
 # --- ECG ----------------------------------------------------------------------------------------------
 
 def test_ecg_streams_windows_and_holdout():
-    p = dict(ecg.PRESETS["tiny"], streams=2, stream_s=40)
+    p = dict(ecg.PRESETS["tiny"], streams=1, stream_s=30)
     a, b = ecg.generate(p, 1), ecg.generate(p, 1)
     np.testing.assert_array_equal(a["x"], b["x"])
     assert a["x"].shape[1:] == (1, 256)
