@@ -95,13 +95,16 @@ class Conv2D(OpDef):
 
     def run_int(self, node, graph, xs):
         zx = t_in(graph, node, 0).quant.zp
-        zy = t_out(graph, node).quant.zp
         acc = self._core(node, xs[0].astype(np.int64) - zx, xs[1]).astype(np.int64)
-        if len(xs) > 2 and xs[2] is not None:
-            acc = acc + xs[2].astype(np.int64)
+        return [self.requantize_accumulator(node, graph, acc, xs[2] if len(xs) > 2 else None)]
+
+    def requantize_accumulator(self, node: Node, graph: Graph, acc: np.ndarray, bias) -> np.ndarray:
+        """bias + acc -> int8 output: per-channel MultiplyByQuantizedMultiplier, zero point, clamp."""
+        if bias is not None:
+            acc = acc + bias.astype(np.int64)
         mult, shift, (lo, hi) = self.requant(node, graph)
-        y = multiply_by_quantized_multiplier(acc, mult, shift) + zy
-        return [np.clip(y, lo, hi).astype(np.int8)]
+        y = multiply_by_quantized_multiplier(acc, mult, shift) + t_out(graph, node).quant.zp
+        return np.clip(y, lo, hi).astype(np.int8)
 
     def quantize_constants(self, node, graph, options):
         quantize_weight_and_bias(node, graph, per_channel=True)

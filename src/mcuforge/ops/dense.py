@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import GraphError
-from ..quant.fixedpoint import multiply_by_quantized_multiplier
 from .base import OpDef, apply_float_activation, t_in, t_out
 from .conv import Conv2D, quantize_weight_and_bias
 
@@ -37,14 +36,12 @@ class FullyConnected(OpDef):
 
     requant = Conv2D.requant
 
+    requantize_accumulator = Conv2D.requantize_accumulator
+
     def run_int(self, node, graph, xs):
-        zx, zy = t_in(graph, node, 0).quant.zp, t_out(graph, node).quant.zp
+        zx = t_in(graph, node, 0).quant.zp
         acc = ((xs[0].astype(np.float64) - zx) @ xs[1].astype(np.float64).T).astype(np.int64)
-        if len(xs) > 2 and xs[2] is not None:
-            acc = acc + xs[2].astype(np.int64)
-        mult, shift, (lo, hi) = self.requant(node, graph)
-        y = multiply_by_quantized_multiplier(acc, mult, shift) + zy
-        return [np.clip(y, lo, hi).astype(np.int8)]
+        return [self.requantize_accumulator(node, graph, acc, xs[2] if len(xs) > 2 else None)]
 
     def quantize_constants(self, node, graph, options):
         quantize_weight_and_bias(node, graph, per_channel=options.get("per_channel_dense", True))
