@@ -6,7 +6,7 @@
  * Lanes: a 32-bit word holds two int16 lanes, lane 0 in bits 0-15. Byte data is
  * little-endian (the Cortex-M default; the code generator packs weights so).
  *
- * The fast requantization (mf_dsp_requant_fast) is TFLite's
+ * The fast requantization (mf_dsp_requant with fast = 1) is TFLite's
  * MultiplyByQuantizedMultiplier with a right shift e >= 1 and no left shift,
  * rewritten for the single-instruction SMMLAR; it is exact whenever the
  * accumulator lies in the range the code generator proved for the layer
