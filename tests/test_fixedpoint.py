@@ -161,6 +161,10 @@ def test_quantize_multiplier_edge_cases():
     assert quantize_multiplier(1.0 - 2.0**-40) == (1 << 30, 1)
     assert quantize_multiplier(2.0**-33) == (0, 0)  # below 2^-32: flushed to zero as TFLite
     assert quantize_multiplier(2.0**-32) == (1 << 30, -31)
+    # Beyond shift 31, x << shift keeps no bit of x: flushed to the zero multiplier (same result).
+    assert quantize_multiplier(2.0**31 - 1) == (INT32_MAX, 31)
+    assert quantize_multiplier(2.0**31) == (0, 0)
+    assert quantize_multiplier(1e11) == (0, 0)
     m, s = quantize_multiplier(-0.3)
     assert m < 0 and quantize_multiplier(0.3) == (-m, s)
     ms, ss = quantize_multipliers([0.0, 0.5, 2.0])
@@ -357,3 +361,13 @@ def test_unary_tables(op, log_scale, offset, alpha, seed):
     if op == "tanh":
         assert (qy.s, qy.zp) == (1.0 / 128, 0)
         assert np.all(table[real_in > 5] == 127) and np.all(table[real_in < -5] == -128)
+
+
+@FAST
+@given(x=int32s, m=st.integers(1 << 30, INT32_MAX), shift=st.integers(32, 70))
+def test_huge_multipliers_give_zero_like_a_flushed_one(x, m, shift):
+    """Why quantize_multiplier may flush shifts > 31: the result is 0 either way."""
+    assert int(multiply_by_quantized_multiplier(x, m, shift)) == 0 == mbqm_ref(x, m, shift)
+    assert int(multiply_by_quantized_multiplier(x, 0, 0)) == 0
+    real = float(m) * 2.0 ** (shift - 31)
+    assert quantize_multiplier(real) == (0, 0)

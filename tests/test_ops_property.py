@@ -592,3 +592,22 @@ def test_saturated_bias_does_not_overflow_the_accumulator(op):
     assert np.all(np.abs(bias) + k * 255 * 128 <= 2**31 - 1)
     assert np.all(np.abs(bias) > 2**31 - 1 - k * 255 * 128 - 1)  # saturated, at the limit
     check_bit_exact(q, rng)
+
+
+@pytest.mark.parametrize("op", ["mul", "conv2d"])
+def test_degenerate_output_range_gives_no_oversized_shift(op):
+    """An output that calibrates to [0, 0] gets a ~4e-11 scale and a multiplier >= 2^32:
+    the C kernel shifted a 32-bit value by >= 32 bits (undefined). Found by the slow suite:
+    mul(x, x) with act_max 0."""
+    rng = np.random.default_rng(0)
+    b = Builder()
+    x = b.input((1, 3, 3, 2))
+    if op == "mul":
+        y = b.op("mul", [x, x], act_max=0.0)
+    else:
+        y = b.op("conv2d", [x, b.const("w", rng.normal(size=(3, 1, 1, 2)) * 10)], stride=[1, 1],
+                 dilation=[1, 1], pads=[0, 0, 0, 0], groups=1, act_min=0.0, act_max=0.0)
+    q = quantize_random(b.finish(y), rng, log_scales=[2.0], offsets=[0.0], method="minmax")
+    assert q.tensors[y].quant.s < 1e-9
+    ys = check_bit_exact(q, rng)[0]
+    assert np.all(ys == q.tensors[y].quant.zp)  # real 0 everywhere, as the float model

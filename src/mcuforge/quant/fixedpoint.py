@@ -33,6 +33,11 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
         shift += 1
     if shift < -31:
         shift, q_fixed = 0, 0
+    if shift > 31:
+        # (x << shift) keeps no bit of a 32-bit x, so MultiplyByQuantizedMultiplier is 0 for
+        # every x, exactly as with a zero multiplier; and a C shift by >= 32 is undefined.
+        # (Degenerate ranges get such multipliers, e.g. an output that calibrated to [0, 0].)
+        shift, q_fixed = 0, 0
     return q_fixed, shift
 
 
