@@ -28,16 +28,18 @@ ROOT = Path(__file__).resolve().parent
 
 
 def run_one(model: str, data: str | None, preset: str, epochs: int | None, work: Path, seed: int,
-            console: Console) -> dict:
+            console: Console, reuse: bool = False) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     out = work / f"{model}-{preset}"
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[info]}"), console=console, transient=True) as progress:
         task = progress.add_task(model, total=None, info="")
-        zoo.train(model, data=data, preset=preset, out=out, epochs=epochs, seed=seed,
-                  on_phase=lambda s: progress.update(task, description=f"{model}: {s}", total=None, info=""),
-                  on_step=lambda s, t, loss: progress.update(task, total=t, completed=s, info=f"loss {loss:.4f}"))
+        if not (reuse and (out / "model.pt2").is_file()):
+            zoo.train(model, data=data, preset=preset, out=out, epochs=epochs, seed=seed,
+                      on_phase=lambda s: progress.update(task, description=f"{model}: {s}", total=None, info=""),
+                      on_step=lambda s, t, loss: progress.update(task, total=t, completed=s,
+                                                                 info=f"loss {loss:.4f}"))
         progress.update(task, description=f"{model}: deploying and evaluating int8", total=None, info="")
         m = zoo.deploy_and_evaluate(out, host_samples=32)
     key = PRIMARY[m["task"]]
@@ -84,12 +86,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path("out/bench-zoo"), help="training directories")
     ap.add_argument("--json", type=Path, default=ROOT / "results" / "zoo.json")
+    ap.add_argument("--reuse", action="store_true", help="deploy and evaluate models already trained in --work")
     args = ap.parse_args(argv)
     console = Console(width=None if Console().is_terminal else 160)
     rows = []
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         t0 = time.perf_counter()
-        rows.append(run_one(model, args.data, args.preset, args.epochs, args.work, args.seed, console))
+        rows.append(run_one(model, args.data, args.preset, args.epochs, args.work, args.seed, console,
+                            args.reuse))
         console.print(f"{model}: {_fmt(rows[-1]['metric'], rows[-1]['float'])} float, "
                       f"{_fmt(rows[-1]['metric'], rows[-1]['int8'])} int8 ({time.perf_counter() - t0:.0f} s)")
     console.print(table(rows))
