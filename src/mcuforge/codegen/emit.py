@@ -51,11 +51,15 @@ def _io_info(graph: Graph, names: list[str], plan: MemoryPlan) -> list[dict]:
     return out
 
 
-def render_sources(graph: Graph, prefix: str = "model",
-                   target: Target | None = None) -> tuple[dict[str, str], MemoryPlan, CodegenContext]:
+def render_sources(graph: Graph, prefix: str = "model", target: Target | None = None,
+                   extension=None) -> tuple[dict[str, str], MemoryPlan, CodegenContext]:
     """The generated text files by name (without copied kernels), the plan and the context.
 
-    `target` (default: GENERIC, portable C) is what op emitters see as `ctx.target`."""
+    `target` (default: GENERIC, portable C) is what op emitters see as `ctx.target`.
+    `extension` (e.g. mcuforge.train.codegen.TrainExtension) may replace the memory plan
+    (`plan(graph)`), emit a node itself (`emit(node, graph, ctx)`: code, or None for the op's
+    emitter), add code after the layers (`finish(ctx)`: dict with `blocks` for the .c, `header`
+    for the .h, `files` {name: text}) and a report section (`report(ctx)`)."""
     if not graph.is_quantized:
         raise GraphError(f"graph '{graph.name}' is not quantized: quantize it (calibration data) before "
                          "generating C")
@@ -64,21 +68,25 @@ def render_sources(graph: Graph, prefix: str = "model",
         if graph.tensors[name].dtype != "int8":
             raise GraphError(f"graph input/output '{name}' must be int8, is {graph.tensors[name].dtype}")
     prefix = c_identifier(prefix)
-    plan = plan_memory(graph)
+    plan = extension.plan(graph) if extension is not None else plan_memory(graph)
     ctx = CodegenContext(graph, plan, prefix, target)
     layers = []
     for node in graph.nodes:
-        code = get_op(node.op, node).emit_c(node, graph, ctx)
+        code = extension.emit(node, graph, ctx) if extension is not None else None
+        if code is None:
+            code = get_op(node.op, node).emit_c(node, graph, ctx)
         shapes = " x ".join(str(list(graph.tensors[t].shape)) for t in node.inputs
                             if not graph.tensors[t].is_const) + " -> " + str(list(graph.tensors[node.outputs[0]].shape))
         layers.append({"name": node.name, "op": node.op, "shapes": shapes, "code": code})
+    ext = extension.finish(ctx) if extension is not None else {}
     if ctx.scratch_bytes:
         ctx.decls.insert(0, f"/* scratch for kernels that unroll their input (im2col), shared by the layers */\n"
                             f"static uint32_t {prefix}_scratch[{ctx.scratch_bytes // 4}];")
     env = _env()
     common = dict(prefix=prefix, PREFIX=prefix.upper(), version=__version__, graph_name=graph.name,
                   arena_size=plan.arena_size, inputs=_io_info(graph, graph.inputs, plan),
-                  outputs=_io_info(graph, graph.outputs, plan))
+                  outputs=_io_info(graph, graph.outputs, plan), extra_blocks=ext.get("blocks", []),
+                  header_blocks=ext.get("header", []))
     total_macs = sum(get_op(n.op).macs(n, graph) for n in graph.nodes)
     files = {
         f"{prefix}.h": env.get_template("model.h.j2").render(**common),
@@ -90,6 +98,7 @@ def render_sources(graph: Graph, prefix: str = "model",
     headers = [f"{prefix}.h", *COMMON_HEADERS] + [f for f in ctx.kernel_files if f.endswith(".h")]
     files["Makefile"] = env.get_template("Makefile.j2").render(**common, sources=sources, headers=headers)
     files["CMakeLists.txt"] = env.get_template("CMakeLists.txt.j2").render(**common, sources=sources)
+    files.update(ext.get("files", {}))
     return files, plan, ctx
 
 
@@ -99,15 +108,17 @@ def kernel_sources(graph: Graph) -> list[str]:
 
 
 def write_library(graph: Graph, out: Path, prefix: str = "model", extra_report: dict | None = None,
-                  target: Target | None = None) -> dict:
+                  target: Target | None = None, extension=None) -> dict:
     """Write the library into an existing directory `out`; returns the report (which records the target)."""
-    files, plan, ctx = render_sources(graph, prefix, target)
+    files, plan, ctx = render_sources(graph, prefix, target, extension)
     for name, text in files.items():
         (out / name).write_text(text)
     for name in list(COMMON_HEADERS) + kernel_sources(graph) + ctx.kernel_files:
         shutil.copyfile(KERNEL_DIR / name, out / name)
     save_graph(graph, out / "model.mcf")
     extra = {"target": (target or GENERIC).to_json(), **(extra_report or {})}
+    if extension is not None:
+        extra.update(extension.report(ctx))
     report = build_report(graph, plan, ctx, prefix=c_identifier(prefix), extra=extra)
     write_report(report, out)
     mark_complete(out)
@@ -115,10 +126,10 @@ def write_library(graph: Graph, out: Path, prefix: str = "model", extra_report: 
 
 
 def generate(graph: Graph, out_dir: str | Path, prefix: str = "model", extra_report: dict | None = None,
-             target: Target | None = None) -> dict:
+             target: Target | None = None, extension=None) -> dict:
     """Write the C library atomically into `out_dir` for `target` (default: portable C); returns the report."""
     with staged_output_dir(out_dir) as staging:
-        return write_library(graph, staging, prefix, extra_report, target)
+        return write_library(graph, staging, prefix, extra_report, target, extension)
 
 
 def load_report(lib_dir: str | Path) -> dict:

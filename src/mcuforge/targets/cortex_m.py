@@ -270,8 +270,11 @@ def _compile_all(gcc: str, cflags: tuple[str, ...], sources: list[Path], include
                              + "\n".join(errors)[-4000:])
 
 
-def build_firmware(lib_dir: str | Path, target: Target, profile: bool = False) -> Firmware:
-    """Compile and link the library for `target` (cached); profile=True adds the per-layer markers."""
+def build_firmware(lib_dir: str | Path, target: Target, profile: bool = False,
+                   main: str = "mf_fw_main.c") -> Firmware:
+    """Compile and link the library for `target` (cached); profile=True adds the per-layer markers.
+
+    `main`: the runner in firmware/ (mf_fw_main.c: inference batches; mf_train_main.c: training)."""
     lib_dir = Path(lib_dir).resolve()
     report = load_report(lib_dir)
     prefix = report["prefix"]
@@ -288,7 +291,8 @@ def build_firmware(lib_dir: str | Path, target: Target, profile: bool = False) -
         h.update(part.encode() + b"\0")
     for p in lib_sources + headers:
         h.update(p.name.encode() + b"\0" + p.read_bytes())
-    for name in FIRMWARE_SOURCES:
+    fw_names = (FIRMWARE_SOURCES[0], main)
+    for name in fw_names:
         h.update(name.encode() + b"\0" + (FIRMWARE_DIR / name).read_bytes())
     key = h.hexdigest()[:16]
     out = cache_dir() / "cortex-m" / f"{target.core.name}-{'prof-' if profile else ''}{key}"
@@ -301,7 +305,7 @@ def build_firmware(lib_dir: str | Path, target: Target, profile: bool = False) -
             (tmp / "mf_fw_model.h").write_text(glue)
             (tmp / "fw.ld").write_text(script)
             fw_sources = []
-            for name in FIRMWARE_SOURCES:
+            for name in fw_names:
                 shutil.copyfile(FIRMWARE_DIR / name, tmp / name)
                 fw_sources.append(tmp / name)
             _compile_all(gcc, cflags, lib_sources + fw_sources, [lib_dir, tmp], tmp, target)
