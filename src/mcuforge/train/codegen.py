@@ -75,12 +75,25 @@ class TrainExtension:
         op = get_op(node.op, node)
         x, y = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
         mult, shift, (lo, hi) = op.requant(node, graph)
-        w_id = self._ram_array(ctx, node.inputs[1], graph.tensors[node.inputs[1]].data, "int8_t", "weights")
+        dsp = ctx.target.has_dsp and (node.op == "fully_connected" or int(node.attrs["groups"]) == 1)
+        wdata = graph.tensors[node.inputs[1]].data.ravel()
+        if dsp:  # mf_train_dsp.c reads the last group of 4 of a row as a whole word: 4 bytes of padding
+            wdata = np.concatenate([wdata, np.zeros(4, np.int8)])
+        w_id = self._ram_array(ctx, node.inputs[1], wdata, "int8_t", "weights")
         b_id = (self._ram_array(ctx, L.bias, graph.tensors[L.bias].data, "int32_t", "biases") if L.bias else "NULL")
         s_id = self._ram_array(ctx, node.name + "_shift", shift, "int32_t", "requant_shifts")
         m_id = ctx.array(node.name + "_mult", mult, "int32_t")
         self.ram[node.name] = {"w": w_id, "b": b_id, "shift": s_id}
         p = ctx.ident(node.name + "_p")
+        if dsp:
+            g = L.geom
+            self.col_words = max(getattr(self, "col_words", 0), 4 * -(-g.k // 4))
+            ctx.use_kernel_files("mf_dsp.h", "mf_train.h", "mf_train_dsp.c")
+            ctx.decl(f"static const mf_t_fwd_params {p} = {{ {g.in_h}, {g.in_w}, {g.in_c}, {g.out_h}, {g.out_w}, "
+                     f"{g.out_c}, {g.k_h}, {g.k_w}, {g.stride_h}, {g.stride_w}, {g.dil_h}, {g.dil_w}, {g.pad_top}, "
+                     f"{g.pad_left}, {x.quant.zp}, {y.quant.zp}, {lo}, {hi}, {m_id}, {s_id} }};")
+            return (f"mf_t_conv_fwd_dsp(&{p}, {ctx.buf(node.inputs[0])}, {w_id}, {b_id}, {ctx.buf(node.outputs[0])}, "
+                    f"{ctx.prefix}_t_col);")
         if node.op == "conv2d":
             a = node.attrs
             ctx.decl(
@@ -121,6 +134,11 @@ class TrainExtension:
             return xvars[key]
 
         decls: list[str] = []
+        if getattr(self, "col_words", 0):
+            # declared before the layers' code (which uses it): at the head of the declarations
+            ctx.decls.insert(0, f"/* two pixels' int16 patch columns for the trainable layers' DSP forward kernel */\n"
+                                f"static uint32_t {pre}_t_col[{self.col_words}];")
+            self.ram_bytes["scratch"] += 4 * self.col_words
         decls.append(f"/* int32 gradient accumulators (kept apart from the int8 arena: no aliasing) */\n"
                      f"static int32_t {pre}_t_acc[{max(1, tp.acc_size // 4)}];")
         max_k = max(L.K for L in prog.layers)

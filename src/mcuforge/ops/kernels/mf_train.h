@@ -40,6 +40,19 @@ typedef struct {
     uint32_t wbase;         /* index of the first weight in the global numbering (random draws) */
 } mf_t_layer;
 
+/* Forward pass of a trainable conv2d (groups = 1) or fully connected layer on DSP-extension cores
+ * (mf_train_dsp.c): weights [O][K] in RAM, per-channel shifts in RAM (they change when a channel's
+ * weight scale doubles). */
+typedef struct {
+    int32_t in_h, in_w, in_c, out_h, out_w, out_c;
+    int32_t k_h, k_w, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left;
+    int32_t in_zp, out_zp, act_min, act_max;
+    const int32_t *mult, *shift;
+} mf_t_fwd_params;
+
+void mf_t_conv_fwd_dsp(const mf_t_fwd_params *p, const int8_t *in, const int8_t *w, const int32_t *bias,
+                       int8_t *out, uint32_t *col);
+
 /* Options of the weight update. */
 typedef struct {
     uint32_t seed;
