@@ -306,3 +306,38 @@ def test_twin_equals_host_and_qemu_after_200_steps(model, small_q, residual_q, t
             assert all(a.equal(b) for a, b in zip(d_ref, d_run))
     assert len(m4.instructions) == 200 and min(m4.instructions) > 1000
     assert 0 < m4.stats["stack_step"] < 4096
+
+
+# --- command line ----------------------------------------------------------------------------------------
+
+def test_cli_deploy_train_and_train_on_device(small_q, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from mcuforge.cli import app
+    from mcuforge.ir.serialize import load_graph, save_graph
+
+    save_graph(small_q, tmp_path / "m.mcf")
+    runner = CliRunner()
+    lib = tmp_path / "lib"
+    r = runner.invoke(app, ["deploy", str(tmp_path / "m.mcf"), "-o", str(lib), "--train", "--budget", "0.5",
+                            "--lr", "0.02", "--name", "net"])
+    assert r.exit_code == 0, r.output
+    assert "training memory" in r.output
+    x, y = _data(small_q, 40, 4)
+    np.savez(tmp_path / "d.npz", x=x.transpose(0, 3, 1, 2) if small_q.meta.get("io") else x, y=y)
+    out = []
+    for target in ("reference", "host"):
+        r = runner.invoke(app, ["train-on-device", str(lib), "--data", str(tmp_path / "d.npz"), "--target", target,
+                                "--eval", str(tmp_path / "d.npz"), "--every", "20", "--json",
+                                str(tmp_path / f"{target}.json"), "--save-ir", str(tmp_path / f"{target}.mcf"),
+                                "--save-lib", str(tmp_path / f"lib_{target}")])
+        assert r.exit_code == 0, r.output
+        out.append(json.loads((tmp_path / f"{target}.json").read_text()))
+    assert out[0]["checkpoints"] == out[1]["checkpoints"] and len(out[0]["checkpoints"]) == 2
+    adapted = load_graph(tmp_path / "host.mcf")
+    assert not np.array_equal(adapted.tensors["fc_w"].data, small_q.tensors["fc_w"].data)
+    assert json.loads((tmp_path / "lib_host" / "report.json").read_text())["train"]["policy"] == "dynamic"
+    r = runner.invoke(app, ["deploy", str(tmp_path / "m.mcf"), "-o", str(tmp_path / "x"), "--budget", "0.5"])
+    assert r.exit_code != 0 and "need --train" in str(r.exception or r.output)

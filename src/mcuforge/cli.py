@@ -177,6 +177,21 @@ def deploy(
     ram: Optional[str] = typer.Option(None, "--ram", help="The target's RAM (e.g. 256K), instead of the table's."),
     flash: Optional[str] = typer.Option(None, "--flash", help="The target's flash (e.g. 1M), instead of the "
                                         "table's."),
+    train: bool = typer.Option(False, "--train", help="Add on-device training: <name>_train_step(input, label) "
+                               "(fully quantized SGD; docs/training.md)."),
+    trainable: Optional[str] = typer.Option(None, "--trainable", help="--train: the conv/fc layers to train: "
+                                            "all (default), last:K, or names/indices (comma list)."),
+    budget: Optional[float] = typer.Option(None, "--budget", help="--train: dynamic partial updates, spending this "
+                                           "fraction of a full update's backward MACs per step."),
+    train_policy: Optional[str] = typer.Option(None, "--train-policy", help="--train: full, bias (biases only) or "
+                                               "dynamic (default: full, dynamic with --budget)."),
+    lr: float = typer.Option(0.005, "--lr", help="--train: SGD step size (as float SGD, batch 1)."),
+    momentum: float = typer.Option(0.0, "--momentum", help="--train: SGD momentum (0: none, no momentum buffers)."),
+    rounding: str = typer.Option("stochastic", "--rounding", help="--train: weight update rounding, stochastic or "
+                                 "nearest."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="--train: ce (softmax cross-entropy, default) or mse."),
+    lr_halve_every: int = typer.Option(0, "--lr-halve-every", help="--train: halve the step size every N steps."),
+    train_seed: int = typer.Option(0x5EED1234, "--train-seed", help="--train: seed of the stochastic rounding."),
 ) -> None:
     """Quantize a model and generate a self-contained C99 library."""
     from .codegen import generate
@@ -197,9 +212,22 @@ def deploy(
             raise QuantizationError(f"calibration data must be numeric, got dtype {x.dtype}")
         graph = quantize_with_progress(graph, [to_ir_layout(graph, graph.inputs[0], x.astype(np.float32))],
                                        method.value, percentile)
-    report = generate(graph, out, prefix=name, target=tgt)
+    extension = None
+    if train:
+        from .train.cli import training_config
+        from .train.codegen import TrainExtension
+
+        extension = TrainExtension(graph, training_config(graph, trainable, budget, train_policy, lr, momentum,
+                                                          rounding, loss, lr_halve_every, train_seed), tgt)
+    elif trainable or budget is not None or train_policy:
+        raise InputError("--trainable, --budget and --train-policy need --train")
+    report = generate(graph, out, prefix=name, target=tgt, extension=extension)
     console.print(layers_table(report["layers"], f"{graph.name}: {len(report['layers'])} layers"))
     console.print(memory_table(report))
+    if train:
+        from .train.cli import training_memory_table
+
+        console.print(training_memory_table(report))
     if tgt is not None:
         console.print(fit_summary(report, tgt))
     console.print(f"[green]wrote[/] {out}/ ({name}.h, {name}.c, kernels, Makefile, CMakeLists.txt, report.md)")
@@ -273,6 +301,34 @@ def bench(
         except OSError as exc:
             raise InputError(f"cannot write '{json_out}': {exc.strerror or exc}") from None
         console.print(f"[green]wrote[/] {json_out}")
+
+
+@app.command("train-on-device")
+def train_on_device(
+    lib: Path = typer.Argument(..., help="Directory written by `mcuforge deploy --train`."),
+    data: Path = typer.Option(..., "--data", help="Training samples: .npz with arrays x (inputs in the model's "
+                              "layout, float32 or int8) and y (class indices, or targets for MSE), or an .npy of "
+                              "inputs with --labels."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Labels .npy (with an .npy --data)."),
+    target: str = typer.Option("reference", "--target", help="reference (the numpy twin), host (the generated C, "
+                               "system compiler) or a Cortex-M core/board (firmware on QEMU, exact instruction "
+                               "counts)."),
+    epochs: int = typer.Option(1, "--epochs", min=1, help="Passes over the samples (in order)."),
+    every: Optional[int] = typer.Option(None, "--every", min=1, help="Steps between checkpoints (default: N/10)."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval", help="Held-out .npz (x, y): accuracy at every "
+                                             "checkpoint."),
+    save_lib: Optional[Path] = typer.Option(None, "--save-lib", help="Write the library with the adapted weights "
+                                            "here."),
+    save_ir: Optional[Path] = typer.Option(None, "--save-ir", help="Write the adapted int8 graph (.mcf) here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    ram: Optional[str] = typer.Option(None, "--ram", help="Cortex-M targets: RAM size (e.g. 256K)."),
+    flash: Optional[str] = typer.Option(None, "--flash", help="Cortex-M targets: flash size (e.g. 1M)."),
+) -> None:
+    """Stream samples through a library's training step: accuracy over time, instructions per sample, RAM."""
+    from .train.cli import run_train_on_device
+
+    run_train_on_device(lib, data, labels, target, epochs, every, eval_data, save_lib, save_ir, json_out, ram, flash,
+                        console)
 
 
 @app.command()
