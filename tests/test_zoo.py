@@ -158,7 +158,6 @@ def test_train_quantize_deploy_run(tmp_path, name):
         assert primary in d["int8"]["test"]
     assert json.loads((out / "metrics.json").read_text())["int8"] == d["int8"]
     if name == "sinc_kws":
-        ops = [json.loads(line) for line in []]  # noqa: F841
         report = json.loads((out / "lib" / "report.json").read_text())
         assert "log_abs" in {r["op"] for r in report["layers"]}
 
@@ -193,3 +192,24 @@ def test_cli_train_then_deploy(tmp_path, capsys):
     assert code == 1 and "unknown model 'nope'" in io.err
     code, io = mcuforge("zoo")
     assert code == 0 and "sinc_kws" in io.out and "motor_temperature" in io.out
+
+
+def test_sinc_kws_bit_exact_on_cortex_m4(tmp_path):
+    """The raw-audio KWS model, generated for the M4 (DSP kernels), equals the reference on QEMU."""
+    from mcuforge.frontends import load_model, to_ir_layout
+    from mcuforge.targets.cortex_m import run_cortex_m
+    from mcuforge.targets.table import get_target
+
+    out = tmp_path / "sinc"
+    zoo.train("sinc_kws", preset="tiny", out=out, max_steps=2, calib_size=16)
+    graph = load_model(out / "model.pt2")
+    name = graph.inputs[0]
+    q = quantize(graph, [to_ir_layout(graph, name, np.load(out / "calib.npy"))])
+    lib = tmp_path / "lib"
+    report = generate(q, lib, target=get_target("cortex-m4"))
+    assert report["memory"]["arena_bytes"] < 256 * 1024
+    x = to_ir_layout(q, name, np.load(out / "test_inputs.npy")[:3])
+    xq = q.tensors[name].quant.quantize(x)
+    y_ref = reference.run(q, [xq], mode="int")[0]
+    np.testing.assert_array_equal(run_cortex_m(lib, [xq], "cortex-m4")[0], y_ref)
+    np.testing.assert_array_equal(run_host(lib, [xq])[0], y_ref)
