@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mcuforge.ops import OPS
-from mcuforge.ops.softmax import (_one_over_one_plus_x_for_x_in_0_1, exp_on_negative_values, softmax_int8,
-                                  softmax_params)
+from mcuforge.ops.softmax import SCALED_DIFF_INTEGER_BITS, softmax_int8, softmax_params
+from mcuforge.quant.tflm_tables import exp_on_negative_values, one_over_one_plus_x_for_x_in_0_1
 from mcuforge.quant.fixedpoint import (INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier,
                                        quantize_multiplier, quantize_multiplier_greater_than_one,
                                        quantize_multipliers, round_half_away, rounding_divide_by_pot,
@@ -273,7 +273,7 @@ def test_exp_on_negative_values_against_float():
     rng = np.random.default_rng(1)
     a = np.concatenate([[0, -1, -(1 << 24), -(1 << 26), INT32_MIN + 1, INT32_MIN],
                         -rng.integers(0, 2**31, 20000)])
-    got = exp_on_negative_values(a)
+    got = exp_on_negative_values(a, SCALED_DIFF_INTEGER_BITS)
     want = np.minimum(np.exp(a / 2.0**26) * 2.0**31, INT32_MAX)
     assert got[0] == INT32_MAX
     assert np.all(got >= 0) and np.all(got <= INT32_MAX)
@@ -285,7 +285,7 @@ def test_exp_on_negative_values_against_float():
 def test_one_over_one_plus_x_against_float():
     rng = np.random.default_rng(2)
     a = np.concatenate([[0, 1, INT32_MAX - 1, INT32_MAX], rng.integers(0, 2**31, 20000)])
-    got = _one_over_one_plus_x_for_x_in_0_1(a)
+    got = one_over_one_plus_x_for_x_in_0_1(a)
     want = np.minimum(2.0**31 / (1.0 + a / 2.0**31), INT32_MAX)
     assert np.abs(got - want).max() <= 16
 

@@ -15,8 +15,8 @@ import numpy as np
 
 from ..errors import GraphError
 from ..ir.graph import QuantParams
-from ..quant.fixedpoint import (INT32_MAX, quantize_multiplier_greater_than_one, rounding_divide_by_pot,
-                                saturating_left_shift, srdhm)
+from ..quant.fixedpoint import quantize_multiplier_greater_than_one, rounding_divide_by_pot, srdhm
+from ..quant.tflm_tables import exp_on_negative_values, one_over_one_plus_x_for_x_in_0_1
 from .base import OpDef, t_in, t_out
 
 SCALED_DIFF_INTEGER_BITS = 5
@@ -33,49 +33,6 @@ def softmax_params(beta: float, input_scale: float) -> tuple[int, int, int]:
     return mult, left_shift, diff_min
 
 
-def _exp_on_interval_between_negative_one_quarter_and_0_excl(a):
-    constant_term = 1895147668
-    constant_1_over_3 = 715827883
-    x = a + (1 << 28)
-    x2 = srdhm(x, x)
-    x3 = srdhm(x2, x)
-    x4 = srdhm(x2, x2)
-    x4_over_4 = rounding_divide_by_pot(x4, 2)
-    poly = rounding_divide_by_pot(srdhm(x4_over_4 + x3, constant_1_over_3) + x2, 1)
-    return constant_term + srdhm(constant_term, x + poly)
-
-
-def exp_on_negative_values(a):
-    """gemmlowp exp_on_negative_values for FixedPoint<int32, 5> input, FixedPoint<int32, 0> output."""
-    k_fractional_bits = 31 - SCALED_DIFF_INTEGER_BITS
-    one_quarter = 1 << (k_fractional_bits - 2)
-    mask = one_quarter - 1
-    a_mod_quarter_minus_one_quarter = (a & mask) - one_quarter
-    result = _exp_on_interval_between_negative_one_quarter_and_0_excl(
-        saturating_left_shift(a_mod_quarter_minus_one_quarter, SCALED_DIFF_INTEGER_BITS))
-    remainder = a_mod_quarter_minus_one_quarter - a
-    for exponent, multiplier in ((-2, 1672461947), (-1, 1302514674), (0, 790015084), (1, 290630308),
-                                 (2, 39332535), (3, 720401), (4, 242)):
-        if SCALED_DIFF_INTEGER_BITS > exponent:
-            bit = 1 << (k_fractional_bits + exponent)
-            result = np.where(remainder & bit, srdhm(result, multiplier), result)
-    return np.where(a == 0, INT32_MAX, result)
-
-
-def _one_over_one_plus_x_for_x_in_0_1(a):
-    # half_denominator = RoundingHalfSum(a, One) in FixedPoint<int32, 0>
-    s = a + INT32_MAX
-    half_denominator = np.where(s >= 0, s + 1, s - 1)
-    half_denominator = np.sign(half_denominator) * (np.abs(half_denominator) // 2)
-    x = 1515870810 + srdhm(half_denominator, -1010580540)  # F2: 48/17 - 32/17 * d
-    one_f2 = 1 << 29
-    for _ in range(3):
-        half_denominator_times_x = srdhm(half_denominator, x)
-        one_minus = one_f2 - half_denominator_times_x
-        x = x + saturating_left_shift(srdhm(x, one_minus), 2)
-    return saturating_left_shift(x, 1)
-
-
 def _count_leading_zeros32(x):
     """Leading zeros of positive values below 2^32 (exact: frexp gives the bit length)."""
     _, bit_length = np.frexp(np.asarray(x, np.float64))
@@ -87,12 +44,12 @@ def softmax_int8(x: np.ndarray, mult: int, left_shift: int, diff_min: int) -> np
     diff = x - x.max(axis=-1, keepdims=True)
     valid = diff >= diff_min
     rescaled = srdhm(diff * (1 << left_shift), mult)
-    exps = np.where(valid, exp_on_negative_values(rescaled), 0)
+    exps = np.where(valid, exp_on_negative_values(rescaled, SCALED_DIFF_INTEGER_BITS), 0)
     sum_of_exps = rounding_divide_by_pot(exps, ACCUM_INTEGER_BITS).sum(axis=-1, keepdims=True)
     headroom_plus_one = _count_leading_zeros32(sum_of_exps)
     num_bits_over_unit = ACCUM_INTEGER_BITS - headroom_plus_one
     shifted_sum_minus_one = ((sum_of_exps << headroom_plus_one) & 0xFFFFFFFF) - (1 << 31)
-    shifted_scale = _one_over_one_plus_x_for_x_in_0_1(shifted_sum_minus_one)
+    shifted_scale = one_over_one_plus_x_for_x_in_0_1(shifted_sum_minus_one)
     out = rounding_divide_by_pot(srdhm(shifted_scale, exps), num_bits_over_unit + 31 - 8) - 128
     out = np.where(valid, np.clip(out, -128, 127), -128)
     return out.astype(np.int8)
