@@ -398,3 +398,37 @@ def test_well_formed_file_with_an_invalid_graph_fails_validation(saved):
     doc["nodes"][1]["op"] = "frobnicate"
     with pytest.raises(UnsupportedOpError, match="frobnicate"):
         load_graph(_rewrite(saved, doc=json.dumps(doc)))
+
+
+def test_damaged_mcf_files_raise_model_format_error(tmp_path):
+    """Any single-byte corruption either still loads a valid graph or raises ModelFormatError."""
+    import random
+
+    from conftest import build_small_cnn
+    from mcuforge.errors import ModelFormatError
+    from mcuforge.ir import load_graph, save_graph
+
+    good = tmp_path / "g.mcf"
+    save_graph(build_small_cnn(), good)
+    raw = good.read_bytes()
+    rng = random.Random(0)
+    refused = 0
+    for _ in range(150):
+        b = bytearray(raw)
+        b[rng.randrange(len(b))] ^= 0xFF
+        path = tmp_path / "damaged.mcf"
+        path.write_bytes(bytes(b))
+        try:
+            load_graph(path)
+        except ModelFormatError:
+            refused += 1
+    assert refused > 100
+
+
+def test_scalar_constants_keep_rank_zero():
+    import numpy as np
+
+    from mcuforge.ir import Tensor
+
+    t = Tensor("c", (), "float32", None, np.float32(2.0))
+    assert t.shape == () and t.data.shape == () and t.size == 1

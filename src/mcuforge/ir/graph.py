@@ -119,7 +119,7 @@ class Tensor:
         if self.dtype not in DTYPES:
             raise GraphError(f"tensor '{self.name}': unknown dtype '{self.dtype}'")
         if self.data is not None:
-            self.data = np.ascontiguousarray(self.data, dtype=DTYPES[self.dtype])
+            self.data = np.array(self.data, dtype=DTYPES[self.dtype], order="C")  # keeps rank 0
             if tuple(self.data.shape) != self.shape:
                 raise GraphError(
                     f"tensor '{self.name}': data of shape {self.data.shape} "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +71,8 @@ def load_graph(path: str | Path) -> Graph:
     try:
         with zipfile.ZipFile(path) as zf:
             doc = json.loads(zf.read("graph.json"))
-            if doc.get("format") != FORMAT:
-                raise ModelFormatError(f"{path}: not an mcuforge graph (format '{doc.get('format')}')")
+            if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+                raise ModelFormatError(f"{path}: not an mcuforge graph (graph.json holds no mcuforge-graph document)")
             if doc.get("version") != VERSION:
                 raise ModelFormatError(f"{path}: graph format version {doc.get('version')} is not supported "
                                        f"(this mcuforge reads version {VERSION})")
@@ -87,7 +88,8 @@ def load_graph(path: str | Path) -> Graph:
                 g.nodes.append(Node(e["name"], e["op"], e["inputs"], e["outputs"], e["attrs"]))
     except ModelFormatError:
         raise
-    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, KeyError, ValueError, TypeError,
+            AttributeError, OSError) as exc:  # every way a damaged archive or document can fail to read
         raise ModelFormatError(f"{path}: corrupt mcuforge graph file ({type(exc).__name__}: {exc})") from exc
     g.validate()
     return g
