@@ -512,6 +512,21 @@ def _log(cv, node):
                         "(log compression), which becomes an int8 table")
 
 
+@_handles("mcuforge.quantize_levels.default", elementwise=True)
+def _quantize_levels(cv, node):
+    """The frozen Squeeze-and-Threshold activation (mcuforge.quant.squeeze_threshold): one table
+    onto the 2^b-level grid."""
+    t, levels = cv.arg(node, 1, "threshold"), cv.arg(node, 2, "levels")
+    if not isinstance(t, (int, float)) or not isinstance(levels, int):
+        raise cv.fail(node, "threshold and levels must be numbers")
+    return _unary_named(cv, node, "quantize_levels", "x", threshold=float(t), levels=int(levels))
+
+
+def _unary_named(cv: _Converter, node, op: str, arg: str, **attrs) -> _Act:
+    x = cv.act(node, cv.arg(node, 0, arg))
+    return cv.emit(op, [x.name], x.tshape, x.layout, node.name, **attrs)
+
+
 # Composite activations, built from IR ops (MobileNetV3 / EfficientNet heads).
 @_handles("aten.silu.default", "aten.silu_.default", elementwise=True)
 def _silu(cv, node):

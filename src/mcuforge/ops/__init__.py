@@ -13,12 +13,12 @@ from .pool import AvgPool2D, MaxPool2D
 from .quantize import Quantize
 from .reduce import Mean
 from .softmax import Softmax
-from .unary import Abs, Clamp, LeakyRelu, LogAbs, Sigmoid, Tanh
+from .unary import Abs, Clamp, LeakyRelu, LogAbs, QuantizeLevels, Sigmoid, Tanh
 
 OPS: dict[str, OpDef] = {
     op.name: op
     for op in (Conv2D(), FullyConnected(), AvgPool2D(), MaxPool2D(), Add(), Mul(), Clamp(), LeakyRelu(),
-               Sigmoid(), Tanh(), Abs(), LogAbs(), Softmax(), Reshape(), Transpose(), Concat(),
+               Sigmoid(), Tanh(), Abs(), LogAbs(), QuantizeLevels(), Softmax(), Reshape(), Transpose(), Concat(),
                Pad(), Mean(), Quantize())
 }
 

@@ -112,3 +112,39 @@ class LogAbs(_Unary):
 
     def fn(self, node, x):
         return np.log(np.abs(x) + float(node.attrs["eps"]))
+
+
+class QuantizeLevels(_Unary):
+    """y = round(clip(x, 0, t) * L / t) * t / L with L = levels - 1 (attrs threshold t > 0, levels):
+    the frozen b-bit activation of Squeeze-and-Threshold QAT (quant/squeeze_threshold.py), levels = 2^b.
+    Its output is quantized to the b-bit grid itself (scale t / L, zero point -128), so the int8
+    table snaps the producer's int8 output onto codes -128 .. -128 + L exactly; the values are
+    carried in int8 storage (packed sub-byte storage is not implemented)."""
+
+    name = "quantize_levels"
+
+    def check(self, node, graph):
+        super().check(node, graph)
+        from ..errors import GraphError
+
+        t, n = node.attrs.get("threshold"), node.attrs.get("levels")
+        if t is None or not float(t) > 0:
+            raise GraphError(f"node '{node.name}' (quantize_levels): attribute threshold must be > 0, got {t}")
+        if n is None or int(n) != n or not 2 <= int(n) <= 256:
+            raise GraphError(f"node '{node.name}' (quantize_levels): attribute levels must be an integer "
+                             f"in 2 .. 256, got {n}")
+
+    def fn(self, node, x):
+        t, top = float(node.attrs["threshold"]), int(node.attrs["levels"]) - 1
+        return np.round(np.clip(x, 0.0, t) * (top / t)) * (t / top)
+
+    def output_quant(self, node, graph, observed):
+        t, top = float(node.attrs["threshold"]), int(node.attrs["levels"]) - 1
+        return QuantParams.per_tensor(np.float32(t / top), -128)
+
+    def table(self, node, graph):
+        """Exactly the level index: table[q] = -128 + round(clip(x, 0, t) * L / t)."""
+        qx = t_in(graph, node).quant
+        t, top = float(node.attrs["threshold"]), int(node.attrs["levels"]) - 1
+        real = (np.arange(-128, 128, dtype=np.int64) - qx.zp) * np.float64(qx.s)
+        return (np.round(np.clip(real, 0.0, t) * (top / t)) - 128).astype(np.int8)

@@ -128,5 +128,8 @@ def quantize(graph: Graph, calib: np.ndarray | list[np.ndarray], method: str = "
     n = calib[0].shape[0] if isinstance(calib, list) else np.asarray(calib).shape[0]
     q.meta["quantization"] = {"scheme": "tflite-int8", "method": method, "calibration_samples": int(n),
                               **({"percentile": percentile} if method == "percentile" else {})}
+    from .levels import fuse_quantize_levels
+
+    fuse_quantize_levels(q)  # b-bit activation grids (Squeeze-and-Threshold) requantized by their producers
     q.validate()
     return q
