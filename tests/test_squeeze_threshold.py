@@ -85,3 +85,34 @@ def test_tiny_qat_on_digits_deploys_bit_exact(tmp_path):
     write_library(q, tmp_path, prefix="st")
     y_c = run_host(tmp_path, [xq[:128]])[0]
     assert np.array_equal(y_c, y_ref[:128])
+
+
+def _mcuforge(capsys, *args) -> tuple[int, str]:
+    import sys
+
+    from mcuforge import cli
+
+    old, sys.argv = sys.argv, ["mcuforge", *map(str, args)]
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = old
+    return code, capsys.readouterr().err
+
+
+def test_cli_deploys_frozen_pt2_and_refuses_packed_int4(tmp_path, capsys):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), st.FrozenThreshold(1.0, 4),
+                              torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 3)).eval()
+    x = torch.randn(64, 1, 5, 5)
+    torch.export.save(torch.export.export(net, (x[:1],)), tmp_path / "m.pt2")
+    np.save(tmp_path / "x.npy", x.numpy())
+    code, err = _mcuforge(capsys, "deploy", tmp_path / "m.pt2", "--calib", tmp_path / "x.npy",
+                          "-o", tmp_path / "bad", "--activation-bits", "4")
+    assert code != 0 and "packed 4-bit activation storage is not implemented" in err and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()
+    code, err = _mcuforge(capsys, "deploy", tmp_path / "m.pt2", "--calib", tmp_path / "x.npy", "-o", tmp_path / "lib")
+    assert code == 0, err

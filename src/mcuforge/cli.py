@@ -192,6 +192,9 @@ def deploy(
     loss: Optional[str] = typer.Option(None, "--loss", help="--train: ce (softmax cross-entropy, default) or mse."),
     lr_halve_every: int = typer.Option(0, "--lr-halve-every", help="--train: halve the step size every N steps."),
     train_seed: int = typer.Option(0x5EED1234, "--train-seed", help="--train: seed of the stochastic rounding."),
+    activation_bits: int = typer.Option(8, "--activation-bits", help="Activation storage bits: 8 only. Low-bit "
+                                        "(Squeeze-and-Threshold) activations run in int8 storage on their 2^b-level "
+                                        "grid; packed int4/int2 storage is not implemented."),
 ) -> None:
     """Quantize a model and generate a self-contained C99 library."""
     from .codegen import generate
@@ -199,6 +202,10 @@ def deploy(
     from .frontends import load_model, to_ir_layout
     from .targets.table import get_target
 
+    if activation_bits != 8:
+        from .quant.squeeze_threshold import check_activation_bits
+
+        check_activation_bits(activation_bits)
     if target is None and (ram or flash):
         raise InputError("--ram and --flash describe a target: name it with --target (e.g. --target cortex-m4)")
     tgt = get_target(target, ram, flash) if target else None

@@ -79,6 +79,8 @@ def load_pt2(path: str | Path) -> Graph:
     export_log = logging.getLogger("torch.export")
     level = export_log.level
     export_log.setLevel(logging.CRITICAL)
+    from ..quant import squeeze_threshold  # noqa: F401  registers mcuforge::quantize_levels for the loader
+
     try:
         ep = torch.export.load(str(path))
     except Exception as exc:  # zip errors, unpickling errors, version mismatches...
