@@ -175,6 +175,10 @@ def log_abs_case(rng, i):
     return _unary_case("log_abs", rng, i, eps=float(10.0 ** rng.uniform(-4, -1)))
 
 
+def quantize_levels_case(rng, i):
+    return _unary_case("quantize_levels", rng, i, threshold=float(rng.uniform(0.2, 3.0)), levels=[4, 8, 16][i % 3])
+
+
 def quantize_case(rng, i):
     b = Builder()
     y = b.op("quantize", [b.input((1, 4, int(rng.integers(1, 20))))])
