@@ -167,7 +167,7 @@ RAM_LABELS = {
     "weights_bytes": "trainable weights (int8, RAM)",
     "biases_bytes": "trainable biases (int32, RAM)",
     "requant_shifts_bytes": "requantization shifts (RAM: they follow the weight scales)",
-    "adapt_exponents_bytes": "weight-scale exponents",
+    "adapt_exponents_bytes": "weight-scale exponents and clip counters",
     "momentum_bytes": "momentum buffers",
     "scratch_bytes": "training scratch (gradient row, channel statistics, patch columns)",
     "plan_state_bytes": "dynamic plan state (importance estimates)",

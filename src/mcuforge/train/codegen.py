@@ -163,9 +163,9 @@ class TrainExtension:
             ids = self.ram[L.node]
             arr = {k: ctx.array(f"{L.node}_t_{k}", getattr(L, k), "int32_t")
                    for k in ("um", "us", "vm", "vs", "r0", "imp_c")}
-            adapt = ctx.ident(L.node + "_t_adapt")
-            decls.append(f"static int32_t {adapt}[{L.O}];")
-            self.ram_bytes["adapt_exponents"] += 4 * L.O
+            adapt, sat = ctx.ident(L.node + "_t_adapt"), ctx.ident(L.node + "_t_sat")
+            decls.append(f"static int32_t {adapt}[{L.O}], {sat}[{L.O}];")
+            self.ram_bytes["adapt_exponents"] += 8 * L.O
             vw = vb = "NULL"
             if cfg.momentum > 0:
                 vw, vb = ctx.ident(L.node + "_t_vw"), (ctx.ident(L.node + "_t_vb") if L.bias else "NULL")
@@ -176,9 +176,9 @@ class TrainExtension:
                     self.ram_bytes["momentum"] += 4 * L.O
             lid = ctx.ident(L.node + "_t_layer")
             decls.append(
-                f"static const mf_t_layer {lid} = {{ {ids['w']}, {ids['b']}, {ids['shift']}, {adapt}, {vw}, {vb},\n"
-                f"  {arr['um']}, {arr['us']}, {arr['vm']}, {arr['vs']}, {arr['r0']}, {arr['imp_c']},\n"
-                f"  {L.K}, {L.O}, {L.blim}, {cfg.max_adapt}, {L.wbase}u }};")
+                f"static const mf_t_layer {lid} = {{ {ids['w']}, {ids['b']}, {ids['shift']}, {adapt}, {sat}, {vw}, "
+                f"{vb},\n  {arr['um']}, {arr['us']}, {arr['vm']}, {arr['vs']}, {arr['r0']}, {arr['imp_c']},\n"
+                f"  {L.K}, {L.O}, {L.blim}, {cfg.max_adapt}, {cfg.adapt_after}, {L.wbase}u }};")
             layer_ids.append(lid)
         decls.append(f"static const mf_t_layer *const {pre}_t_layers[{J}] = {{ {', '.join('&' + i for i in layer_ids)} }};")
         for b in prog.backward:

@@ -79,6 +79,7 @@ class LayerState:
     a: np.ndarray  # int64 [O]: doublings of each channel's weight scale
     vw: np.ndarray | None  # momentum (int32, weight LSB x 2^FRAC_BITS)
     vb: np.ndarray | None  # momentum of the bias (bias LSB)
+    sat: np.ndarray | None = None  # clipped weight updates per channel since its last scale doubling
     est: int = UNSEEN_EST  # importance estimate (log2, Q8)
     seen: bool = False
 
@@ -108,7 +109,7 @@ class FQTTrainer:
                  else np.zeros(L.O, np.int64))
             self.state.append(LayerState(w, b, np.zeros(L.O, np.int64),
                                          np.zeros((L.O, L.K), np.int64) if mom else None,
-                                         np.zeros(L.O, np.int64) if mom else None))
+                                         np.zeros(L.O, np.int64) if mom else None, np.zeros(L.O, np.int64)))
         self.beta_q15 = int(np.floor(self.config.momentum * fx.Q15 + 0.5))
         self.last: StepInfo | None = None
 
@@ -322,12 +323,16 @@ class FQTTrainer:
             w32 = S.w[o_idx].astype(np.int64) - q
             m = np.abs(w32).max(axis=1)
             n = np.zeros(len(o_idx), np.int64)
-            cap = cfg.max_adapt - S.a[o_idx]
+            # hysteresis: clipped updates accumulate; the scale doubles once they reach adapt_after
+            sat = np.minimum(S.sat[o_idx] + (np.abs(w32) > fx.W_MAX).sum(axis=1), 1 << 30)
+            ready = sat >= cfg.adapt_after
+            cap = np.where(ready, cfg.max_adapt - S.a[o_idx], 0)
             while True:
                 grow = (fx.rdbpot(m, n) > fx.W_MAX) & (n < cap)
                 if not grow.any():
                     break
                 n = n + grow
+            S.sat[o_idx] = np.where(n > 0, 0, sat)
             S.w[o_idx] = np.clip(fx.rdbpot(w32, n[:, None]), -fx.W_MAX, fx.W_MAX).astype(np.int8)
             if S.vw is not None:
                 S.vw[o_idx] = fx.rdbpot(S.vw[o_idx], n[:, None])

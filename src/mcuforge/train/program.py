@@ -45,6 +45,7 @@ class TrainConfig:
     bias_visited: bool = True  # dynamic: also update the biases of every layer the error reached
     age_q8: int = 32  # dynamic: growth per step of an unvisited layer's importance estimate (log2, Q8)
     max_adapt: int = 12  # at most this many doublings of a channel's weight scale
+    adapt_after: int = 16  # a channel's scale doubles once this many of its weight updates were clipped
 
     def validate(self) -> None:
         if self.loss not in LOSSES:
@@ -59,8 +60,8 @@ class TrainConfig:
             raise InputError(f"momentum must be in [0, 1), got {self.momentum}")
         if not 0 < self.budget <= 1:
             raise InputError(f"the budget must be a fraction in (0, 1], got {self.budget}")
-        if self.lr_halve_every < 0 or not 0 <= self.max_adapt <= 24:
-            raise InputError("lr_halve_every must be >= 0 and max_adapt in [0, 24]")
+        if self.lr_halve_every < 0 or not 0 <= self.max_adapt <= 24 or not 1 <= self.adapt_after < 2**30:
+            raise InputError("lr_halve_every must be >= 0, max_adapt in [0, 24] and adapt_after >= 1")
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -210,8 +210,9 @@ static int32_t mf_t_momentum(int32_t *v, int32_t d, int32_t beta_q15) {
 }
 
 /* SGD step of the selected channels (sel bits MF_T_SEL_W, MF_T_SEL_B), from the masked output error e;
- * xexp is the error's run-time exponent plus the schedule's; row is K int32 of scratch. A channel whose
- * weights outgrow int8 doubles its weight scale (weights, bias, momentum halved; shift + 1). */
+ * xexp is the error's run-time exponent plus the schedule's; row is K int32 of scratch. Weights are
+ * clipped to [-127, 127]; once adapt_after updates of a channel were clipped, its weight scale doubles
+ * (weights, bias, momentum halved; shift + 1). */
 void mf_t_update(const mf_t_geom *g, const mf_t_layer *L, const mf_t_opts *opt, const int8_t *e, const int8_t *x,
                  const uint8_t *sel, const int32_t *abs_sum, const int32_t *sum, int32_t xexp, uint32_t step,
                  int32_t *row) {
@@ -224,7 +225,7 @@ void mf_t_update(const mf_t_geom *g, const mf_t_layer *L, const mf_t_opts *opt, 
         if ((sel[o] & MF_T_SEL_W) && (abs_sum[o] != 0 || L->vw)) {
             int8_t *w = L->w + o * K;
             int32_t *vw = L->vw ? L->vw + o * K : 0;
-            const int32_t cap = L->max_adapt - L->adapt[o];
+            int32_t cap, clipped = 0;
             uint32_t m = 0;
             mf_t_weight_grad(g, e, x, o, row);
             for (k = 0; k < K; ++k) {
@@ -240,9 +241,14 @@ void mf_t_update(const mf_t_geom *g, const mf_t_layer *L, const mf_t_opts *opt, 
                 q = (int32_t)(((int64_t)d + (int64_t)r) >> MF_T_FRAC);
                 w32 = (int32_t)w[k] - q;
                 row[k] = w32;
+                if (w32 > MF_T_W_MAX || w32 < -MF_T_W_MAX) ++clipped;
                 if ((uint32_t)(w32 < 0 ? -w32 : w32) > m) m = (uint32_t)(w32 < 0 ? -w32 : w32);
             }
+            /* hysteresis: the scale doubles once adapt_after updates of the channel were clipped */
+            clipped = L->sat[o] + clipped < (1 << 30) ? L->sat[o] + clipped : (1 << 30);
+            cap = clipped >= L->adapt_after ? L->max_adapt - L->adapt[o] : 0;
             while (n < cap && mf_rdbpot((int32_t)m, n) > MF_T_W_MAX) ++n;
+            L->sat[o] = n > 0 ? 0 : clipped;
             for (k = 0; k < K; ++k) {
                 const int32_t v = mf_rdbpot(row[k], n);
                 w[k] = (int8_t)MF_CLAMP(v, -MF_T_W_MAX, MF_T_W_MAX);

@@ -30,13 +30,14 @@ typedef struct {
     int32_t *bias;   /* [O] or NULL */
     int32_t *shift;  /* [O] requantization shifts (the forward kernel reads them) */
     int32_t *adapt;  /* [O] doublings of each channel's weight scale */
+    int32_t *sat;    /* [O] clipped weight updates since the channel's last doubling */
     int32_t *vw;     /* [O][K] weight momentum (weight LSB x 2^MF_T_FRAC), or NULL */
     int32_t *vb;     /* [O] bias momentum, or NULL */
     const int32_t *um, *us; /* weight step multiplier lr c s_x / s_w0[o] = um 2^(us - 31) */
     const int32_t *vm, *vs; /* bias step multiplier lr c / (s_x s_w0[o]) */
     const int32_t *r0;      /* Q15 s_w0[o] / max s_w0 */
     const int32_t *imp_c;   /* static part of the importance, log2 Q8 */
-    int32_t K, O, blim, max_adapt;
+    int32_t K, O, blim, max_adapt, adapt_after;
     uint32_t wbase;         /* index of the first weight in the global numbering (random draws) */
 } mf_t_layer;
 
