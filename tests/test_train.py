@@ -291,7 +291,7 @@ def test_twin_equals_host_and_qemu_after_200_steps(model, small_q, residual_q, t
 
     if model == "small":
         graph, classes = small_q, 4
-        cfg = TrainConfig(lr=0.1, seed=7, adapt_after=4)
+        cfg = TrainConfig(lr=1.0, seed=7, adapt_after=4)
     else:
         graph, classes = residual_q, 5
         cfg = TrainConfig(lr=0.02, policy="dynamic", budget=0.5, momentum=0.5,
