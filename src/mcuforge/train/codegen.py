@@ -218,6 +218,8 @@ class TrainExtension:
         if dynamic:
             a(f"    deep = mf_t_plan({J}, {pre}_t_est, {plan_arr['prop']}, {plan_arr['cwc']}, {plan_arr['o']}, "
               f"{prog.budget_macs}, {pre}_t_taken, {pre}_t_order);")
+        a("    MF_LAYER_MARK(-1); /* profiling builds: end of the loss and plan (-1: not an inference layer) */")
+        self.phases = ["loss and plan"]
         jprod = {b.node: b.J for b in prog.backward}
 
         def needs(c) -> str | None:
@@ -280,8 +282,7 @@ class TrainExtension:
                     xe = f"{xo} + sched"
                     if dynamic:
                         a(f"{ind}sx = mf_t_abs_sum({xin}, {graph.tensors[node.inputs[0]].size}, {-L.zp_x});")
-                        a(f"{ind}fresh = mf_t_importance({pre}_t_abs, {L.O}, sx, {lid}->imp_c, {lid}->adapt, {xe}, "
-                          f"{pre}_t_imp);")
+                        a(f"{ind}fresh = mf_t_importance({pre}_t_abs, {L.O}, sx, {lid}->imp_c, {xo}, {pre}_t_imp);")
                         a(f"{ind}if (!{pre}_t_seen[{L.j}]) {{ {pre}_t_est[{L.j}] = fresh; {pre}_t_seen[{L.j}] = 1; }}")
                         a(f"{ind}else {pre}_t_est[{L.j}] += (fresh - {pre}_t_est[{L.j}]) >> 2;")
                         a(f"{ind}mf_t_select({pre}_t_imp, {L.O}, {pre}_t_taken[{L.j}], {pre}_t_sel, "
@@ -320,6 +321,8 @@ class TrainExtension:
                         a(f"{ind}}}")
             if cond:
                 a("    }")
+            a("    MF_LAYER_MARK(-1);")
+            self.phases.append(f"backward {b.node} ({b.op})")
         if dynamic:
             a(f"    for (j = deep + 1; j < {J}; ++j) {pre}_t_est[j] = MF_MIN({pre}_t_est[j] + {cfg.age_q8}, "
               f"{EST_CLAMP});")
@@ -449,6 +452,7 @@ int {pre}_train_layer(int j, int8_t **weights, int32_t **bias, int32_t **adapt, 
                         "s_w0": [float(v) for v in L.s_w0]} for L in prog.layers],
             "backward_macs_full": prog.full_macs, "budget_macs": prog.budget_macs,
             "forward_macs": prog.forward_macs,
+            "profile_phases": getattr(self, "phases", []),
             "memory": self.memory(ctx),
         }}
 

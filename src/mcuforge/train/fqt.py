@@ -291,7 +291,7 @@ class FQTTrainer:
         xc = xin.reshape(gm.in_h, gm.in_w, gm.in_c).astype(np.int64) - L.zp_x
         if cfg.policy == "dynamic":
             sx = int(np.abs(xc).sum())
-            imp = importance(A, sx, L.imp_c, S.a, xy + sched)
+            imp = importance(A, sx, L.imp_c, xy)
             fresh = int(np.clip(imp.max(), -EST_CLAMP, EST_CLAMP))
             S.est = fresh if not S.seen else int(fx.ema_step(S.est, fresh))
             S.seen = True
@@ -406,10 +406,10 @@ def avgpool_backward(e: np.ndarray, in_shape: tuple[int, ...], attrs: dict) -> n
 
 # --- dynamic partial updates -------------------------------------------------------------------------
 
-def importance(A: np.ndarray, sx: int, imp_c: np.ndarray, a: np.ndarray, x_total: int) -> np.ndarray:
-    """Q8 log2 of the expected step of channel o in weight LSBs:
-    log2(sum_p |e[p,o]|) + log2(sum |x - zp|) + static part - a[o] + error exponent."""
-    base = fx.ilog2_q8(A) + int(fx.ilog2_q8(sx)) + imp_c + 256 * (x_total - np.asarray(a, np.int64))
+def importance(A: np.ndarray, sx: int, imp_c: np.ndarray, x_y: int) -> np.ndarray:
+    """Q8 log2 of channel o's first-order loss decrease per MAC of its update, eta |g_o|^2 / (P K):
+    2 (log2(sum_p |e[p,o]|) + log2(sum |x - zp|) + error exponent) + static part."""
+    base = 2 * (fx.ilog2_q8(A) + int(fx.ilog2_q8(sx)) + 256 * x_y) + imp_c
     return np.where((np.asarray(A) > 0) & (sx > 0), base, fx.NEG)
 
 

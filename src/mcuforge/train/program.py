@@ -192,7 +192,7 @@ class Layer:
     vm: np.ndarray
     vs: np.ndarray  # bias step multiplier lr c_y / (s_x s_w0[o])
     r0: np.ndarray  # Q15 ratio s_w0[o] / max s_w0 (input-error rescaling)
-    imp_c: np.ndarray  # Q8 log2(um 2^(us-31) / input size): static part of the importance
+    imp_c: np.ndarray  # static part of the importance: Q8 2 log2(c_y s_x / input size) - log2(positions)
     blim: int  # |bias| limit that keeps the int32 accumulator from overflowing
     wbase: int  # index of the layer's first weight in the global numbering (random draws)
     prop: int  # MACs of the error propagation needed to reach this layer's output
@@ -412,7 +412,10 @@ def build_program(graph: Graph, config: TrainConfig) -> Program:
         um, us = decompose(lr * c_y * s_x / s_w0)
         vm, vs = decompose(lr * c_y / (s_x * s_w0))
         n_x = x.size
-        imp_c = np.floor(256 * (np.log2(um / 2.0**31) + us - np.log2(n_x)) + 0.5).astype(np.int64)
+        # importance = log2 of the first-order loss decrease of a channel's SGD step per MAC spent on it,
+        # eta |g_o|^2 / (P K) with |g_o| ~ sqrt(K) A[o] c_y 2^x s_x S_x / |x|: the static part, Q8
+        imp_c = np.full(o, int(np.floor(256 * (2 * np.log2(c_y * s_x / n_x) - np.log2(g.positions)) + 0.5)),
+                        np.int64)
         # propagation to reach this layer: every conv/fc above it passes its error down
         prop = sum(b.geom.macs for b in conv_nodes if b.index > index[name])
         lo, hi = quantized_activation_range(n, y.quant)

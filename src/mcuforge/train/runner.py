@@ -242,8 +242,10 @@ def run_train_host(lib_dir: str | Path, x: np.ndarray, labels: np.ndarray, dump_
 
 def run_train_cortex_m(lib_dir: str | Path, x: np.ndarray, labels: np.ndarray, target="cortex-m4",
                        dump_every: int = 0, count: bool = True, ram=None, flash=None,
-                       timeout: float = 600) -> TrainRun:
-    """Train on the emulated target; count=True counts every step's instructions exactly."""
+                       timeout: float = 600, profile: bool = False) -> TrainRun:
+    """Train on the emulated target; count=True counts every step's instructions exactly; profile=True
+    (a build with -DMF_PROFILE) also splits them into phases (stats["phases"]: name -> mean instructions):
+    each forward layer, the loss and plan, each backward node."""
     from ..targets.bench import _calibration, _per_sample
     from ..targets.cortex_m import build_firmware, build_icount_plugin, qemu_command, resolve_target
     from ..targets.table import Target
@@ -251,8 +253,8 @@ def run_train_cortex_m(lib_dir: str | Path, x: np.ndarray, labels: np.ndarray, t
     report = train_report(lib_dir)
     n = check_samples(report, x, labels)
     t = target if isinstance(target, Target) else resolve_target(report, target, ram, flash)
-    fw = build_firmware(lib_dir, t, main="mf_train_main.c")
-    plugin = build_icount_plugin() if count else None
+    fw = build_firmware(lib_dir, t, profile=profile, main="mf_train_main.c")
+    plugin = build_icount_plugin() if count or profile else None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         _files(tmp, report, x, labels, dump_every)
@@ -275,7 +277,17 @@ def run_train_cortex_m(lib_dir: str | Path, x: np.ndarray, labels: np.ndarray, t
             lines = (tmp / "icount.txt").read_text().split("\n")
             marks = [(int(a), int(b)) for a, b in (ln.split() for ln in lines if ln and not ln.startswith("total"))]
             cost, marks = _calibration(marks)
-            run.instructions = [seq[-1][1] - seq[0][1] - cost for seq in _per_sample(marks)]
+            seqs = _per_sample(marks)
+            run.instructions = [seq[-1][1] - seq[0][1] - cost * (len(seq) - 1) for seq in seqs]
             if len(run.instructions) != n:
                 raise ToolchainError(f"instruction counting saw {len(run.instructions)} steps, expected {n}")
+            if profile:
+                from ..targets.bench import marked_layers
+
+                names = [f"forward {report['layers'][i]['name']} ({report['layers'][i]['op']})"
+                         for i in marked_layers(Path(lib_dir), report["prefix"])] + report["train"]["profile_phases"]
+                counts = np.array([[b[1] - a[1] - cost for a, b in zip(seq[:-1], seq[1:])] for seq in seqs])
+                if counts.shape[1] != len(names) + 1:
+                    raise ToolchainError(f"profiling saw {counts.shape[1] - 1} phases, expected {len(names)}")
+                run.stats["phases"] = dict(zip(names + ["return"], counts.mean(axis=0).tolist()))
         return run

@@ -189,6 +189,17 @@ static void mf_t_weight_grad(const mf_t_geom *g, const int8_t *e, const int8_t *
             for (ky = 0; ky < g->k_h; ++ky) {
                 const int32_t iy = oy * g->stride_h - g->pad_top + ky * g->dil_h;
                 if (iy < 0 || iy >= g->in_h) continue;
+                if (g->dil_w == 1 && g->groups == 1) { /* the row's valid taps are one contiguous run */
+                    const int32_t ix0 = ox * g->stride_w - g->pad_left;
+                    const int32_t k0 = ix0 < 0 ? -ix0 : 0;
+                    const int32_t k1 = ix0 + g->k_w > g->in_w ? g->in_w - ix0 : g->k_w;
+                    const int32_t n = (k1 - k0) * cg;
+                    const int8_t *xs = x + (iy * g->in_w + ix0 + k0) * g->in_c;
+                    int32_t *r = row + (ky * g->k_w + k0) * cg;
+                    const int32_t off = g->in_offset;
+                    for (c = 0; c < n; ++c) r[c] += ev * ((int32_t)xs[c] + off);
+                    continue;
+                }
                 for (kx = 0; kx < g->k_w; ++kx) {
                     const int32_t ix = ox * g->stride_w - g->pad_left + kx * g->dil_w;
                     const int8_t *xs;
@@ -229,9 +240,18 @@ void mf_t_update(const mf_t_geom *g, const mf_t_layer *L, const mf_t_opts *opt, 
             uint32_t m = 0;
             mf_t_weight_grad(g, e, x, o, row);
             for (k = 0; k < K; ++k) {
-                int32_t d = mf_t_mulshift(row[k], L->um[o], L->us[o] + sh + MF_T_FRAC), q, w32;
+                int32_t d, q, w32;
                 uint32_t r;
+                if (row[k] == 0 && !vw) { /* no step: the weight stays (q = floor(r / 2^F) = 0) */
+                    row[k] = w[k];
+                    continue;
+                }
+                d = mf_t_mulshift(row[k], L->um[o], L->us[o] + sh + MF_T_FRAC);
                 if (vw) d = mf_t_momentum(&vw[k], d, opt->beta_q15);
+                if (d == 0) {
+                    row[k] = w[k];
+                    continue;
+                }
                 if (opt->stochastic) {
                     const uint32_t idx = L->wbase + (uint32_t)(o * K + k);
                     r = mf_t_hash32(base + idx * 0x85EBCA6Bu) >> (32 - MF_T_FRAC);
@@ -331,15 +351,14 @@ int32_t mf_t_abs_sum(const int8_t *x, int32_t n, int32_t offset) {
     return s;
 }
 
-/* Q8 log2 of each channel's expected weight step in LSBs; returns the largest, clamped */
-int32_t mf_t_importance(const int32_t *abs_sum, int32_t O, int32_t sx, const int32_t *imp_c, const int32_t *adapt,
-                        int32_t xexp, int32_t *imp) {
+/* Q8 log2 of each channel's first-order loss decrease per MAC of its update,
+ * 2 (log2 sum_p |e| + log2 sum |x - zp| + x_y) + imp_c; returns the largest, clamped */
+int32_t mf_t_importance(const int32_t *abs_sum, int32_t O, int32_t sx, const int32_t *imp_c, int32_t xexp,
+                        int32_t *imp) {
     int32_t o, best = MF_T_NEG;
     const int32_t lsx = mf_t_ilog2_q8(sx);
     for (o = 0; o < O; ++o) {
-        imp[o] = (abs_sum[o] > 0 && sx > 0)
-                     ? mf_t_ilog2_q8(abs_sum[o]) + lsx + imp_c[o] + 256 * (xexp - adapt[o])
-                     : MF_T_NEG;
+        imp[o] = (abs_sum[o] > 0 && sx > 0) ? 2 * (mf_t_ilog2_q8(abs_sum[o]) + lsx + 256 * xexp) + imp_c[o] : MF_T_NEG;
         if (imp[o] > best) best = imp[o];
     }
     return MF_CLAMP(best, -MF_T_EST_CLAMP, MF_T_EST_CLAMP);
