@@ -135,6 +135,12 @@ def run_demo(out: Path, epochs: int = 20, seed: int = 0, console: Console | None
         timings["host_build_and_run_s"] = time.perf_counter() - t2
         mismatches = int(np.count_nonzero(y_ref != y_c))
         m4 = run_on_cortex_m4(lib, xq, y_ref, y_test)
+        # the deployed model adapts on the device to rotated digits (mcuforge.train; docs/training.md)
+        from .train.demo import adapt_on_device
+
+        t3 = time.perf_counter()
+        adaptation = adapt_on_device(stage / "train_lib", graph, qgraph, seed)
+        timings["on_device_training_s"] = time.perf_counter() - t3
 
         acc = lambda logits: float(np.mean(np.argmax(logits, axis=-1) == y_test))  # noqa: E731
         summary = {
@@ -152,6 +158,7 @@ def run_demo(out: Path, epochs: int = 20, seed: int = 0, console: Console | None
             "arena_bytes": report["memory"]["arena_bytes"],
             "timings": timings,
             "cortex_m4": m4,
+            "on_device_training": adaptation,
         }
         np.save(stage / "test_inputs.npy", x_test)
         np.save(stage / "test_labels.npy", y_test)
@@ -193,7 +200,13 @@ def run_demo(out: Path, epochs: int = 20, seed: int = 0, console: Console | None
         cm.add_row("RAM: firmware total (arena, stack used by one inference)",
                    f"{m4['ram_bytes']:,} B ({m4['arena_bytes']:,} B, {m4['stack_inference_bytes']:,} B)")
         console.print(cm)
-    console.print(f"[green]wrote[/] {out}/: model.pt2, lib/ (C library digits.h/.c, report.md), summary.json")
+    from .train.demo import adaptation_table
+
+    console.print(adaptation_table(adaptation))
+    console.print(f"[green]wrote[/] {out}/: model.pt2, lib/ (C library digits.h/.c, report.md), train_lib/ (the "
+                  "library with digits_train_step), summary.json")
+    if "cortex_m4_skipped" in adaptation:
+        console.print(f"[yellow]on-device training ran on the host only:[/] {adaptation['cortex_m4_skipped']}")
     if mismatches or m4.get("vs_reference_mismatches"):
         from .errors import McuforgeError
 
