@@ -72,7 +72,8 @@ class Sigmoid(_Unary):
     name = "sigmoid"
 
     def fn(self, node, x):
-        return 1.0 / (1.0 + np.exp(-x))
+        with np.errstate(over="ignore"):  # exp(-x) -> inf gives the right limit, 0
+            return 1.0 / (1.0 + np.exp(-x))
 
     def output_quant(self, node, graph, observed):
         return QuantParams.per_tensor(1.0 / 256, -128)
