@@ -56,3 +56,13 @@ def test_memory_plan_reaches_the_two_buffer_lower_bound(demo_dir):
                for r in report["layers"] if r["op"] != "reshape")
     assert report["memory"]["arena_bytes"] == pair
     assert report["memory"]["arena_bytes"] < report["memory"]["unplanned_bytes"]
+
+
+def test_demo_adapts_on_the_device(demo_dir):
+    """The demo's last act: on-device training on rotated digits, firmware == host C, dynamic cheaper than full."""
+    a = json.loads((demo_dir / "summary.json").read_text())["on_device_training"]
+    assert "cortex_m4_skipped" not in a, a.get("cortex_m4_skipped")
+    full, dyn = a["runs"]
+    assert full["accuracy_after"] > a["accuracy_before"] + 0.15 and dyn["accuracy_after"] > a["accuracy_before"] + 0.1
+    assert dyn["instructions_per_sample"] < 0.7 * full["instructions_per_sample"]
+    assert full["peak_ram_bytes"] < 256 * 1024
