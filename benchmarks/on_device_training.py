@@ -7,8 +7,9 @@ split before/after, instructions per training sample on Cortex-M4 (exact, QEMU; 
 every step needs, and the rest), peak training RAM, flash. Every FQT row runs the whole stream on the
 numpy twin and on the Cortex-M4 firmware, and checks that both end with identical weights.
 
-    .venv/bin/python benchmarks/on_device_training.py [--domains rotate,sensor] [--epochs 1] [--lr 0.005]
-        [--budgets 0.3,0.1,0.05] [--qemu-steps N] [--no-qemu] [--json benchmarks/results/on_device_training.json]
+    .venv/bin/python benchmarks/on_device_training.py [--domains rotate,sensor] [--epochs 1] [--lr 0.01]
+        [--lr-halve-every 300] [--budgets 0.5,0.3,0.1] [--seeds 3] [--qemu-steps N] [--no-qemu]
+        [--json benchmarks/results/on_device_training.json]
 """
 
 from __future__ import annotations
@@ -37,6 +38,21 @@ def forward_instructions(lib: Path, target, x: np.ndarray) -> float:
     from mcuforge.targets.bench import run_counted
 
     return float(np.mean(run_counted(lib, target, [x]).per_sample))
+
+
+def twin_accuracy(sc, cfg: TrainConfig) -> float:
+    from mcuforge.train.fqt import FQTTrainer
+
+    tr = FQTTrainer(sc.qgraph, cfg)
+    x = sc.quantize(sc.x_stream)
+    for i in range(len(x)):
+        tr.step(x[i:i + 1], sc.y_stream[i])
+    return sc.accuracy(tr.graph)
+
+
+def spread(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values)),
+            "values": [float(v) for v in values]}
 
 
 def fqt_row(name: str, sc, cfg: TrainConfig, target, work: Path, qemu: bool, qemu_steps: int | None) -> dict:
@@ -89,15 +105,19 @@ def fqt_row(name: str, sc, cfg: TrainConfig, target, work: Path, qemu: bool, qem
 
 def run_domain(domain: str, args, fg, qg, work: Path, target) -> dict:
     sc = build_scenario(fg, qg, domain, epochs=args.epochs, seed=0)
+    others = [build_scenario(fg, qg, domain, epochs=args.epochs, seed=0, order_seed=s) for s in range(1, args.seeds)]
     layers = resolve_trainable(qg, "all")
     last_k = resolve_trainable(qg, f"last:{args.last_k}")
     rows = []
     t0 = time.perf_counter()
-    fl = float_finetune(sc, layers, args.lr)
+    fl = float_finetune(sc, layers, args.lr, lr_halve_every=args.lr_halve_every)
+    accs = [fl["accuracy_after"]] + [float_finetune(o, layers, args.lr, lr_halve_every=args.lr_halve_every)
+                                     ["accuracy_after"] for o in others]
     rows.append({"row": "float32 fine-tuning (PyTorch), all layers", "policy": "float32",
-                 "accuracy_before": fl["accuracy_before"], "accuracy_after": fl["accuracy_after"],
+                 "accuracy_before": fl["accuracy_before"], "accuracy_after": float(np.mean(accs)),
+                 "accuracy_after_seeds": spread(accs),
                  "accuracy_clean_after": fl["accuracy_clean_after"], "seconds": time.perf_counter() - t0})
-    base = dict(lr=args.lr, seed=args.seed)
+    base = dict(lr=args.lr, seed=args.seed, lr_halve_every=args.lr_halve_every)
     configs = [("FQT full", TrainConfig(**base, trainable=layers)),
                (f"FQT static last-{args.last_k}", TrainConfig(**base, trainable=last_k)),
                ("FQT bias-only", TrainConfig(**base, policy="bias", trainable=layers))]
@@ -107,6 +127,10 @@ def run_domain(domain: str, args, fg, qg, work: Path, target) -> dict:
         print(f"  {domain}: {name} ...", flush=True)
         rows.append(fqt_row(f"{domain} {name}", sc, cfg, target, work, not args.no_qemu, args.qemu_steps))
         rows[-1]["row"] = name
+        accs = [rows[-1]["accuracy_after"]] + [twin_accuracy(o, cfg) for o in others]
+        rows[-1]["accuracy_after_first_order"] = rows[-1]["accuracy_after"]
+        rows[-1]["accuracy_after"] = float(np.mean(accs))
+        rows[-1]["accuracy_after_seeds"] = spread(accs)
     return {"domain": domain, "samples": len(sc.x_stream), "test_samples": len(sc.y_test),
             "int8_accuracy_clean": sc.accuracy(qg, clean=True), "int8_accuracy_shifted": sc.accuracy(qg),
             "rows": rows}
@@ -119,8 +143,8 @@ def markdown(res: dict) -> str:
         out += [f"### domain `{d['domain']}`: {d['samples']} adaptation samples, {d['test_samples']} test samples "
                 f"(int8 model: {d['int8_accuracy_clean']:.1%} on clean digits, {d['int8_accuracy_shifted']:.1%} "
                 f"shifted)", "",
-                "| row | accuracy before | after | instructions / sample (M4) | of which forward | vs full | "
-                "peak training RAM | flash |",
+                f"| row | accuracy before | after (mean of {res['seeds']} orders; min..max) | instructions / sample (M4) "
+                "| of which forward | vs full | peak training RAM | flash |",
                 "|---|--:|--:|--:|--:|--:|--:|--:|"]
         for r in d["rows"]:
             ins = r.get("instructions_per_sample")
@@ -131,7 +155,9 @@ def markdown(res: dict) -> str:
             ram = f"{r['peak_ram_bytes']:,} B" if r.get("peak_ram_bytes") else (
                 f"{r['ram_plan_bytes']:,} B" if r.get("ram_plan_bytes") else "-")
             flash = f"{r['flash_bytes']:,} B" if r.get("flash_bytes") else "-"
-            out.append(f"| {r['row']} | {r['accuracy_before']:.1%} | {r['accuracy_after']:.1%} | {fmt_i} | {fwd} | "
+            sp = r.get("accuracy_after_seeds")
+            rng = f" ({sp['min']:.1%}..{sp['max']:.1%})" if sp and len(sp["values"]) > 1 else ""
+            out.append(f"| {r['row']} | {r['accuracy_before']:.1%} | {r['accuracy_after']:.1%}{rng} | {fmt_i} | {fwd} | "
                        f"{ratio} | {ram} | {flash} |")
         out.append("")
     return "\n".join(out)
@@ -141,10 +167,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--domains", default="rotate,sensor")
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--lr", type=float, default=0.005)
-    ap.add_argument("--budgets", default="0.3,0.1,0.05")
+    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--lr-halve-every", type=int, default=300)
+    ap.add_argument("--budgets", default="0.5,0.3,0.1")
     ap.add_argument("--last-k", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0x5EED1234)
+    ap.add_argument("--seed", type=int, default=0x5EED1234, help="stochastic rounding seed")
+    ap.add_argument("--seeds", type=int, default=3, help="stream orders to average accuracy over (instructions: "
+                    "the first)")
     ap.add_argument("--qemu-steps", type=int, default=None, help="count instructions on the first N steps only")
     ap.add_argument("--no-qemu", action="store_true", help="accuracy only (the numpy twin)")
     ap.add_argument("--model-dir", type=Path, default=ROOT / "out" / "bench_training")
@@ -154,8 +183,9 @@ def main() -> None:
     t0 = time.perf_counter()
     fg, qg = digits_model(args.model_dir)
     target = get_target("cortex-m4")
-    res = {"model": "digits_cnn (demo)", "target": target.to_json(), "lr": args.lr, "epochs": args.epochs,
-           "domains": []}
+    res = {"model": "digits_cnn (demo)", "target": target.to_json(), "lr": args.lr,
+           "lr_halve_every": args.lr_halve_every, "epochs": args.epochs,
+           "seeds": args.seeds, "domains": []}
     with tempfile.TemporaryDirectory() as tmp:
         for dom in args.domains.split(","):
             res["domains"].append(run_domain(dom, args, fg, qg, Path(tmp), target))

@@ -192,6 +192,7 @@ class TrainExtension:
             self.ram_bytes["plan_state"] += 5 * J
             plan_arr = {k: ctx.array(f"t_plan_{k}", v, "int32_t") for k, v in
                         (("prop", [L.prop for L in prog.layers]), ("cwc", [L.cwc for L in prog.layers]),
+                         ("pen", [L.penalty for L in prog.layers]),
                          ("o", [L.O for L in prog.layers]))}
 
         body: list[str] = []
@@ -216,7 +217,8 @@ class TrainExtension:
         if cfg.lr_halve_every:
             a(f"    sched = -(int32_t)MF_MIN({pre}_t_step / {cfg.lr_halve_every}u, 24u);")
         if dynamic:
-            a(f"    deep = mf_t_plan({J}, {pre}_t_est, {plan_arr['prop']}, {plan_arr['cwc']}, {plan_arr['o']}, "
+            a(f"    deep = mf_t_plan({J}, {pre}_t_est, {plan_arr['pen']}, {plan_arr['prop']}, {plan_arr['cwc']}, "
+              f"{plan_arr['o']}, "
               f"{prog.budget_macs}, {pre}_t_taken, {pre}_t_order);")
         a("    MF_LAYER_MARK(-1); /* profiling builds: end of the loss and plan (-1: not an inference layer) */")
         self.phases = ["loss and plan"]
@@ -448,7 +450,7 @@ int {pre}_train_layer(int j, int8_t **weights, int32_t **bias, int32_t **adapt, 
             "loss": cfg.loss, "policy": cfg.policy, "num_classes": prog.num_classes,
             "logits": prog.logits, "softmax_final": prog.softmax_final,
             "layers": [{"j": L.j, "node": L.node, "weight": L.weight, "bias": L.bias, "out_channels": L.O,
-                        "per_channel": L.K, "macs": L.cw, "propagation_macs": L.prop,
+                        "per_channel": L.K, "update_cost_macs": L.cw, "propagation_macs": L.prop,
                         "s_w0": [float(v) for v in L.s_w0]} for L in prog.layers],
             "backward_macs_full": prog.full_macs, "budget_macs": prog.budget_macs,
             "forward_macs": prog.forward_macs,

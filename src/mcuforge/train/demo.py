@@ -15,7 +15,8 @@ DEMO_SAMPLES = 600
 DEMO_POLICIES = (("full update", dict(policy="full")), ("dynamic partial, budget 0.3", dict(policy="dynamic", budget=0.3)))
 
 
-def adapt_on_device(out: Path, float_graph: Graph, qgraph: Graph, seed: int = 0, lr: float = 0.005) -> dict:
+def adapt_on_device(out: Path, float_graph: Graph, qgraph: Graph, seed: int = 0, lr: float = 0.01,
+                    lr_halve_every: int = 200) -> dict:
     """For each policy: deploy `qgraph` with a training step for the Cortex-M4, stream DEMO_SAMPLES rotated
     digits through it on QEMU (host C only, without the ARM toolchain) and check host C == firmware."""
     from ..errors import McuforgeError, ToolchainError
@@ -32,7 +33,8 @@ def adapt_on_device(out: Path, float_graph: Graph, qgraph: Graph, seed: int = 0,
     for k, (name, kw) in enumerate(DEMO_POLICIES):
         t0 = time.perf_counter()
         lib = Path(out) / ("train_lib" if k == 0 else f"train_lib_{kw['policy']}")
-        report = generate_training_library(qgraph, lib, TrainConfig(lr=lr, **kw), prefix="digits", target=target)
+        report = generate_training_library(qgraph, lib, TrainConfig(lr=lr, lr_halve_every=lr_halve_every, **kw),
+                                           prefix="digits", target=target)
         host = run_train_host(lib, x, y)
         mem = report["train"]["memory"]
         run = {"name": name, **kw, "library": lib.name, "ram_plan_bytes": mem["ram"]["total_bytes"],

@@ -426,12 +426,13 @@ def select_top(imp: np.ndarray, n: int) -> np.ndarray:
 
 
 def plan_dynamic(est: list[int], layers: list[Layer], budget: int) -> tuple[int, list[int]]:
-    """Fractional knapsack on the layers' importance estimates: in order of estimate, each layer gets
-    as many output channels as the budget has MACs left for, after the error propagation down to
-    the deepest layer chosen so far (or this one). Returns (deepest visited layer, channels taken
-    per layer); the top layer is always visited (its error is the loss gradient)."""
+    """Fractional knapsack on the layers' importance estimates, each lowered by the static penalty of the
+    error propagation needed to reach the layer (log2((prop + cost) / cost), Q8): in that order, each layer
+    gets as many output channels as the budget has MACs left for, after the propagation down to the
+    deepest layer chosen so far (or this one). Returns (deepest visited layer, channels taken per layer);
+    the top layer is always visited (its error is the loss gradient)."""
     J = len(layers)
-    order = sorted(range(J), key=lambda j: (-est[j], j))
+    order = sorted(range(J), key=lambda j: (-(est[j] - layers[j].penalty), j))
     taken = [0] * J
     deep, wsum = 0, 0
     for j in order:

@@ -26,6 +26,7 @@ POLICIES = ("full", "bias", "dynamic")
 LOSSES = ("ce", "mse")
 UNSEEN_EST = 1 << 20  # importance estimate of a layer whose error was never computed: visit it first
 EST_CLAMP = 1 << 20
+UPDATE_MACS = 8  # the cost model charges a weight update (mulshift, random draw, rounding) as 8 MACs
 
 
 @dataclass
@@ -196,7 +197,7 @@ class Layer:
     blim: int  # |bias| limit that keeps the int32 accumulator from overflowing
     wbase: int  # index of the layer's first weight in the global numbering (random draws)
     prop: int  # MACs of the error propagation needed to reach this layer's output
-    cw: int  # MACs of the layer's weight gradient (all channels)
+    cw: int  # MACs of the layer's weight gradient (all channels) + UPDATE_MACS per weight update
 
     @property
     def O(self) -> int:  # noqa: N802
@@ -207,7 +208,12 @@ class Layer:
         return self.geom.k
 
     @property
-    def cwc(self) -> int:  # weight-gradient MACs of one channel
+    def penalty(self) -> int:
+        """log2((prop + cw) / cw) in Q8: how much the error propagation to this layer dilutes its value."""
+        return int(np.floor(256 * np.log2((self.prop + self.cw) / self.cw) + 0.5))
+
+    @property
+    def cwc(self) -> int:  # weight-gradient MACs of one channel, plus its weight updates
         return max(1, self.cw // self.O)
 
 
@@ -424,7 +430,8 @@ def build_program(graph: Graph, config: TrainConfig) -> Program:
             j=j, node=name, index=index[name], geom=g, weight=n.inputs[1], bias=bias, zp_x=int(x.quant.zp),
             lo=lo, hi=hi, c_y=c_y, s_x=s_x, s_w0=s_w0, shift0=np.asarray(shift, np.int64),
             um=um, us=us, vm=vm, vs=vs, r0=np.floor(32768 * s_w0 / s_w0.max() + 0.5).astype(np.int64),
-            imp_c=imp_c, blim=2**31 - 1 - g.k * 255 * 128, wbase=wbase, prop=prop, cw=g.macs))
+            imp_c=imp_c, blim=2**31 - 1 - g.k * 255 * 128, wbase=wbase, prop=prop,
+            cw=g.macs + UPDATE_MACS * o * g.k))
         wbase += o * g.k
         _check_bounds(layers[-1], n)
     for b in conv_nodes:

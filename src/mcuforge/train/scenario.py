@@ -91,14 +91,15 @@ def digits_model(out: Path | None = None, epochs: int = 20, seed: int = 0, progr
 
 
 def build_scenario(float_graph: Graph, qgraph: Graph, domain: str = "rotate", epochs: int = 1, seed: int = 0,
-                   samples: int | None = None) -> Scenario:
+                   samples: int | None = None, order_seed: int | None = None) -> Scenario:
+    """The shifted splits (seed: split and noise) and the adaptation stream (order_seed, default seed)."""
     from ..demo import digits_split
     from ..frontends import to_ir_layout
 
     x_train, x_test, y_train, y_test = digits_split(seed)
     xs = shift_domain(x_train, domain, seed + 1)
     xt = shift_domain(x_test, domain, seed + 2)
-    rng = np.random.default_rng(seed + 3)
+    rng = np.random.default_rng((seed if order_seed is None else order_seed) + 3)
     order = np.concatenate([rng.permutation(len(xs)) for _ in range(epochs)])
     if samples is not None:
         order = order[:samples]

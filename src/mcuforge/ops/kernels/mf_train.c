@@ -381,15 +381,16 @@ void mf_t_select(const int32_t *imp, int32_t O, int32_t n, uint8_t *sel, int32_t
     }
 }
 
-/* Fractional knapsack over the layers (0 = nearest the loss) in order of importance estimate: each gets
- * as many channels as the MAC budget has left after the error propagation down to the deepest layer
- * chosen so far. Returns the deepest visited layer; taken[j] = channels of layer j to update. */
-int32_t mf_t_plan(int32_t J, const int32_t *est, const int32_t *prop, const int32_t *cwc, const int32_t *O,
-                  int32_t budget, int32_t *taken, int32_t *order) {
+/* Fractional knapsack over the layers (0 = nearest the loss) in order of importance estimate minus the
+ * static penalty of the propagation to reach them: each gets as many channels as the MAC budget has left
+ * after the error propagation down to the deepest layer chosen so far. Returns the deepest visited layer;
+ * taken[j] = channels of layer j to update. */
+int32_t mf_t_plan(int32_t J, const int32_t *est, const int32_t *pen, const int32_t *prop, const int32_t *cwc,
+                  const int32_t *O, int32_t budget, int32_t *taken, int32_t *order) {
     int32_t i, j, deep = 0, wsum = 0;
     for (i = 0; i < J; ++i) {
         int32_t at = i;
-        while (at > 0 && est[order[at - 1]] < est[i]) {
+        while (at > 0 && est[order[at - 1]] - pen[order[at - 1]] < est[i] - pen[i]) {
             order[at] = order[at - 1];
             --at;
         }
