@@ -346,3 +346,18 @@ def test_cli_deploy_train_and_train_on_device(small_q, tmp_path):
     assert json.loads((tmp_path / "lib_host" / "report.json").read_text())["train"]["policy"] == "dynamic"
     r = runner.invoke(app, ["deploy", str(tmp_path / "m.mcf"), "-o", str(tmp_path / "x"), "--budget", "0.5"])
     assert r.exit_code != 0 and "need --train" in str(r.exception or r.output)
+
+
+def test_integer_only_training_on_cortex_m0plus(small_q, tmp_path):
+    """No DSP, no FPU (ARMv6-M): the same integer step, bit-exact with the twin."""
+    from mcuforge.targets.table import get_target
+    from mcuforge.train.runner import run_train_cortex_m
+
+    lib = tmp_path / "lib"
+    generate_training_library(small_q, lib, TrainConfig(lr=0.05, policy="dynamic", budget=0.5), prefix="net",
+                              target=get_target("cortex-m0plus"))
+    x, y = _data(small_q, 60, 4)
+    ref, _ = run_train_reference(lib, x, y)
+    m0 = run_train_cortex_m(lib, x, y)
+    assert np.array_equal(m0.preds, ref.preds)
+    assert all(a.equal(b) for a, b in zip(ref.final, m0.final))
