@@ -70,8 +70,15 @@ static void mf_t_unroll(const mf_t_fwd_params *p, const int8_t *in, int32_t pix,
     (void)kq;
 }
 
-static int8_t mf_t_out(const mf_t_fwd_params *p, int32_t acc, int32_t o) {
-    const int32_t y = mf_requant(acc, p->mult[o], p->shift[o]) + p->out_zp;
+/* TFLite's MultiplyByQuantizedMultiplier (mf_requant) for a multiplier in [0, 2^31): SRDHM(x, M) =
+ * trunc((x M + nudge) / 2^31) equals floor((x M + 2^30) / 2^31) for either sign of x M (the negative
+ * nudge 1 - 2^30 and the truncation toward zero cancel), and x M != INT32_MIN^2. One SMLAL-style
+ * multiply-add and a shift instead of a 64-bit division; bit-exact. */
+MF_INLINE int8_t mf_t_out(const mf_t_fwd_params *p, int32_t acc, int32_t o) {
+    const int32_t shift = p->shift[o];
+    const int32_t x = shift > 0 ? (int32_t)((uint32_t)acc << shift) : acc;
+    const int32_t hi = (int32_t)(((int64_t)x * p->mult[o] + ((int64_t)1 << 30)) >> 31);
+    const int32_t y = (shift < 0 ? mf_rdbpot(hi, -shift) : hi) + p->out_zp;
     return (int8_t)MF_CLAMP(y, p->act_min, p->act_max);
 }
 
