@@ -112,6 +112,9 @@ class FQTTrainer:
                                          np.zeros(L.O, np.int64) if mom else None, np.zeros(L.O, np.int64)))
         self.beta_q15 = int(np.floor(self.config.momentum * fx.Q15 + 0.5))
         self.last: StepInfo | None = None
+        jof = {b.node: b.J for b in self.prog.backward}
+        self._jprod = {c.tensor: jof[self.graph.producer(c.tensor).name]
+                       for b in self.prog.backward for c in b.contribs}
 
     # -- graph sync ---------------------------------------------------------------------------------
     def _sync(self, j: int) -> None:
@@ -274,11 +277,7 @@ class FQTTrainer:
 
     def _J_of_producer(self, t: str) -> int:
         """J of the node producing t (t's error is needed iff that node runs)."""
-        cache = self.__dict__.setdefault("_jcache", {})
-        if t not in cache:
-            prod = self.graph.producer(t)
-            cache[t] = next(b.J for b in self.prog.backward if b.node == prod.name)
-        return cache[t]
+        return self._jprod[t]
 
     def _update_layer(self, j: int, ey: np.ndarray, xin: np.ndarray, xy: int, sched: int, taken: int, deep: int,
                       info: StepInfo) -> int:
