@@ -8,6 +8,7 @@ from pathlib import Path
 from .. import __version__
 from ..ir.graph import Graph
 from ..ops import get_op
+from ..ops.weight_storage import is_compressed, stored_weight_bytes
 from .context import CodegenContext
 from .planner import MemoryPlan
 
@@ -23,12 +24,19 @@ def layer_rows(graph: Graph) -> list[dict]:
             "input_shapes": [list(t.shape) for t in acts], "output_shape": list(out.shape),
             "macs": int(get_op(n.op).macs(n, graph)),
             "params": int(sum(t.size for t in consts)),
-            "weight_bytes": int(sum(t.nbytes for t in consts)),
+            # compressed weights (ops/weight_storage.py) count at their stored size
+            "weight_bytes": int(sum(t.nbytes for t in consts)) + stored_weight_bytes_delta(n, graph),
             "activation_bytes": int(sum(t.nbytes for t in acts) + out.nbytes),
             "output_bytes": int(out.nbytes),
             "output_quant": ({"scale": out.quant.s, "zero_point": out.quant.zp} if out.quant else None),
         })
     return rows
+
+
+def stored_weight_bytes_delta(node, graph: Graph) -> int:
+    if not is_compressed(node):
+        return 0
+    return stored_weight_bytes(node, graph) - graph.tensors[node.inputs[1]].nbytes
 
 
 def build_report(graph: Graph, plan: MemoryPlan, ctx: CodegenContext, prefix: str,

@@ -51,6 +51,10 @@ class OpDef:
             lo_a, hi_a = node.attrs.get("act_min"), node.attrs.get("act_max")
             if lo_a is not None and hi_a is not None and lo_a > hi_a:
                 raise GraphError(f"node '{node.name}': activation range [{lo_a}, {hi_a}] is empty")
+        if "weight_storage" in node.attrs:
+            from .weight_storage import check_weight_storage
+
+            check_weight_storage(node, graph)
 
     # -- references ---------------------------------------------------------------
     def run_float(self, node: Node, graph: Graph, xs: list[np.ndarray]) -> list[np.ndarray]:

@@ -19,6 +19,7 @@ from ..ir.graph import Graph, Node, QuantParams
 from ..quant.fixedpoint import multiply_by_quantized_multiplier, quantize_multipliers, round_half_away
 from .base import (OpDef, apply_float_activation, conv_out_size, quantized_activation_range,
                    require_attrs, t_in, t_out)
+from .weight_storage import emit_portable, is_compressed
 
 
 def conv2d_nhwc(x: np.ndarray, w: np.ndarray, stride, dilation, pads, groups: int) -> np.ndarray:
@@ -121,6 +122,8 @@ class Conv2D(OpDef):
             code = emit_conv2d(self, node, graph, ctx)
             if code:
                 return code
+        if is_compressed(node):
+            return emit_portable(self, node, graph, ctx)
         x, w, y = t_in(graph, node, 0), t_in(graph, node, 1), t_out(graph, node)
         a = node.attrs
         mult, shift, (lo, hi) = self.requant(node, graph)
@@ -138,8 +141,9 @@ class Conv2D(OpDef):
         return f"mf_conv2d_s8(&{p}, {ctx.buf(node.inputs[0])}, {ctx.const(node.inputs[1])}, {bias}, {ctx.buf(node.outputs[0])});"
 
 
-def quantize_weight_and_bias(node: Node, graph: Graph, per_channel: bool) -> None:
-    """Symmetric int8 weights (per output channel or per tensor), int32 bias at s_x * s_w."""
+def quantize_weight_and_bias(node: Node, graph: Graph, per_channel: bool, qmax: int = 127) -> None:
+    """Symmetric int8 weights (per output channel or per tensor) in [-qmax, qmax] (127; 7 or 1 for
+    4- or 2-bit weights), int32 bias at s_x * s_w."""
     wt = graph.tensors[node.inputs[1]]
     if wt.dtype != "float32":
         return  # already quantized (imported int8 model)
@@ -149,9 +153,9 @@ def quantize_weight_and_bias(node: Node, graph: Graph, per_channel: bool) -> Non
         maxabs = np.abs(w.reshape(o, -1)).max(axis=1)
     else:
         maxabs = np.full(1, np.abs(w).max())
-    scale = np.where(maxabs > 0, maxabs / 127.0, 1.0).astype(np.float32)
+    scale = np.where(maxabs > 0, maxabs / qmax, 1.0).astype(np.float32)
     wq = QuantParams(scale, np.zeros_like(scale, dtype=np.int64), 0 if per_channel else None)
-    wt.data = wq.quantize(w, "int8")
+    wt.data = np.clip(wq.quantize(w, "int8"), -qmax, qmax)
     wt.dtype, wt.quant = "int8", wq
     if len(node.inputs) > 2 and node.inputs[2]:
         bt = graph.tensors[node.inputs[2]]

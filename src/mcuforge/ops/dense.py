@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import GraphError
 from .base import OpDef, apply_float_activation, t_in, t_out
 from .conv import Conv2D, quantize_weight_and_bias
+from .weight_storage import emit_portable, is_compressed
 
 
 class FullyConnected(OpDef):
@@ -58,6 +59,8 @@ class FullyConnected(OpDef):
             code = emit_fc(self, node, graph, ctx)
             if code:
                 return code
+        if is_compressed(node):
+            return emit_portable(self, node, graph, ctx)
         x, w, y = t_in(graph, node, 0), t_in(graph, node, 1), t_out(graph, node)
         mult, shift, (lo, hi) = self.requant(node, graph)
         p = ctx.ident(node.name + "_p")

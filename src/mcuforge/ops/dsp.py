@@ -27,6 +27,7 @@ import numpy as np
 
 from ..ir.graph import Graph, Node
 from .base import quantized_activation_range, t_in, t_out
+from .weight_storage import emit_dsp_decode, is_compressed
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 Q_WORDS = 4  # per output channel: bias, multiplier, a, b (kernels/mf_dsp.h)
@@ -110,6 +111,19 @@ def _requant_setup(op, node, graph, w2d: np.ndarray):
     return requant_records(folded, mult, shift, zp_y, fast), _variant(fast, lo, hi), lo, hi
 
 
+def _weights(node: Node, graph: Graph, ctx, words: np.ndarray, kernel_scratch: int, k: int, og: int,
+             lanes: int, chunks: int) -> tuple[str, str, str]:
+    """The packed weight words of a conv/fc kernel: (their C expression, code to run before the kernel,
+    the kernel's scratch). int8 storage: a flash array. Compressed storage (ops/weight_storage.py):
+    decoded into the words' arrangement at the start of the scratch, the kernel's scratch after it."""
+    if not is_compressed(node):
+        return ctx.array(node.name + "_wpk", words, "uint32_t"), "", ctx.scratch(kernel_scratch)
+    nbytes = 4 * words.size
+    scratch = ctx.scratch(nbytes + kernel_scratch)
+    decode = emit_dsp_decode(node, graph, ctx, scratch, k, og, lanes, chunks, nbytes)
+    return scratch, decode + "\n    ", f"({scratch} + {words.size})"
+
+
 # --- conv2d ------------------------------------------------------------------------------------
 
 def emit_conv2d(op, node: Node, graph: Graph, ctx) -> str | None:
@@ -120,7 +134,9 @@ def emit_conv2d(op, node: Node, graph: Graph, ctx) -> str | None:
     if wt.dtype != "int8" or x.dtype != "int8" or y.dtype != "int8" or x.shape[0] != 1:
         return None
     if groups > 1 and cg == 1:
-        return emit_dwconv(op, node, graph, ctx)
+        # compressed depthwise weights: the portable kernel decodes them (the DSP kernel's
+        # int16 weight pairs have no compact form)
+        return None if is_compressed(node) else emit_dwconv(op, node, graph, ctx)
     og = o // groups
     og_pad = og + (og & 1)
     k = kh * kw * cg
@@ -138,9 +154,9 @@ def emit_conv2d(op, node: Node, graph: Graph, ctx) -> str | None:
     rg = rg.reshape(groups, og_pad // 2, 2, Q_WORDS)
     rg = np.concatenate([rg[:, :, :, 0], rg[:, :, 0, 1:], rg[:, :, 1, 1:]], axis=2)
     ctx.use_kernel_files(*HEADERS, "mf_conv_dsp.c")
-    w_id = ctx.array(node.name + "_wpk", words, "uint32_t")
+    kernel_scratch = 24 * chunks + (4 * chunks if cg % 4 else 0)  # 3 int16 columns (+ a byte stage)
+    w_id, decode, scratch = _weights(node, graph, ctx, words, kernel_scratch, k, og, 2, chunks)
     q_id = ctx.array(node.name + "_q", rg, "int32_t")
-    scratch = ctx.scratch(24 * chunks + (4 * chunks if cg % 4 else 0))  # 3 int16 columns (+ a byte stage)
     p = ctx.ident(node.name + "_p")
     ctx.decl(
         f"static const mf_conv_dsp_params {p} = {{\n"
@@ -149,8 +165,8 @@ def emit_conv2d(op, node: Node, graph: Graph, ctx) -> str | None:
         f"{a['pads'][0]}, {a['pads'][2]}, {groups},\n"
         f"  {x.quant.zp}, {chunks}, {lo}, {hi}, {q_id}, {w_id}\n}};"
     )
-    return (f"mf_conv_dsp_s8_{variant}(&{p}, {ctx.buf(node.inputs[0])}, {ctx.buf(node.outputs[0])}, "
-            f"{scratch});")
+    return decode + (f"mf_conv_dsp_s8_{variant}(&{p}, {ctx.buf(node.inputs[0])}, {ctx.buf(node.outputs[0])}, "
+                     f"{scratch});")
 
 
 def emit_dwconv(op, node: Node, graph: Graph, ctx) -> str:
@@ -215,6 +231,29 @@ def emit_dwconv(op, node: Node, graph: Graph, ctx) -> str:
             f"{ctx.buf(node.outputs[0])}, {scratch});")
 
 
+def dsp_weight_bytes(node: Node, graph: Graph) -> int:
+    """Flash bytes of an int8 conv/fc layer's weights as the emitters above arrange them (without the
+    requantization records): padded words (conv, fc), int16 weight pairs (depthwise)."""
+    x, wt, y = t_in(graph, node, 0), t_in(graph, node, 1), t_out(graph, node)
+    if node.op == "fully_connected":
+        o, k = wt.shape
+        return -(-o // 4) * 4 * (-(-k // 8) * 2) * 4
+    o, kh, kw, cg = wt.shape
+    a = node.attrs
+    groups = int(a["groups"])
+    if not (groups > 1 and cg == 1):
+        og = o // groups
+        return groups * (og + (og & 1)) * (-(-(kh * kw * cg) // 8) * 2) * 4
+    (sh, sw), (dh, dw) = a["stride"], a["dilation"]
+    three_n = kw == 3 and sw == 1 and dw == 1
+    three_t = kh == 3 and sh == 1 and dh == 1
+    transposed = three_t and (not three_n or y.shape[1] > y.shape[2])
+    vkh, vkw = (kw, kh) if transposed else (kh, kw)
+    vsw, vdw = (sh, dh) if transposed else (sw, dw)
+    three = vkw == 3 and vsw == 1 and vdw == 1
+    return o * vkh * (2 if three else (vkw + 1) // 2) * 4
+
+
 # --- fully_connected -----------------------------------------------------------------------------
 
 def emit_fc(op, node: Node, graph: Graph, ctx) -> str | None:
@@ -237,12 +276,11 @@ def emit_fc(op, node: Node, graph: Graph, ctx) -> str | None:
     rq = rq.reshape(o4 // 4, 4, Q_WORDS)
     rq = np.concatenate([rq[:, :, 0], rq[:, :, 1:].reshape(o4 // 4, 12)], axis=1)
     ctx.use_kernel_files(*HEADERS, "mf_dense_dsp.c")
-    w_id = ctx.array(node.name + "_wpk", words, "uint32_t")
+    w_id, decode, scratch = _weights(node, graph, ctx, words, 8 * chunks, k, o, 4, chunks)
     q_id = ctx.array(node.name + "_q", rq, "int32_t")
-    scratch = ctx.scratch(8 * chunks)
     p = ctx.ident(node.name + "_p")
     ctx.decl(f"static const mf_fc_dsp_params {p} = {{ {rows}, {k}, {o}, {chunks}, {lo}, {hi}, {q_id}, {w_id} }};")
-    return f"mf_fc_dsp_s8_{variant}(&{p}, {ctx.buf(node.inputs[0])}, {ctx.buf(node.outputs[0])}, {scratch});"
+    return decode + f"mf_fc_dsp_s8_{variant}(&{p}, {ctx.buf(node.inputs[0])}, {ctx.buf(node.outputs[0])}, {scratch});"
 
 
 # --- add ------------------------------------------------------------------------------------------
