@@ -52,14 +52,18 @@ def _io_info(graph: Graph, names: list[str], plan: MemoryPlan) -> list[dict]:
 
 
 def render_sources(graph: Graph, prefix: str = "model", target: Target | None = None,
-                   extension=None) -> tuple[dict[str, str], MemoryPlan, CodegenContext]:
+                   extension=None, shared_arena: str | None = None
+                   ) -> tuple[dict[str, str], MemoryPlan, CodegenContext]:
     """The generated text files by name (without copied kernels), the plan and the context.
 
     `target` (default: GENERIC, portable C) is what op emitters see as `ctx.target`.
     `extension` (e.g. mcuforge.train.codegen.TrainExtension) may replace the memory plan
     (`plan(graph)`), emit a node itself (`emit(node, graph, ctx)`: code, or None for the op's
     emitter), add code after the layers (`finish(ctx)`: dict with `blocks` for the .c, `header`
-    for the .h, `files` {name: text}) and a report section (`report(ctx)`)."""
+    for the .h, `files` {name: text}) and a report section (`report(ctx)`).
+    `shared_arena` (a C symbol, e.g. "net_arena"): use the arena (and the kernel scratch,
+    `<symbol>_scratch`) that `<symbol>.h` declares instead of private ones, for libraries whose
+    parts run one after another (mcuforge.eenn.codegen); the caller defines them large enough."""
     if not graph.is_quantized:
         raise GraphError(f"graph '{graph.name}' is not quantized: quantize it (calibration data) before "
                          "generating C")
@@ -79,14 +83,16 @@ def render_sources(graph: Graph, prefix: str = "model", target: Target | None = 
                             if not graph.tensors[t].is_const) + " -> " + str(list(graph.tensors[node.outputs[0]].shape))
         layers.append({"name": node.name, "op": node.op, "shapes": shapes, "code": code})
     ext = extension.finish(ctx) if extension is not None else {}
-    if ctx.scratch_bytes:
+    if ctx.scratch_bytes and shared_arena:
+        ctx.decls.insert(0, f"#define {prefix}_scratch {shared_arena}_scratch /* shared, see {shared_arena}.h */")
+    elif ctx.scratch_bytes:
         ctx.decls.insert(0, f"/* scratch for kernels that unroll their input (im2col), shared by the layers */\n"
                             f"static uint32_t {prefix}_scratch[{ctx.scratch_bytes // 4}];")
     env = _env()
     common = dict(prefix=prefix, PREFIX=prefix.upper(), version=__version__, graph_name=graph.name,
                   arena_size=plan.arena_size, inputs=_io_info(graph, graph.inputs, plan),
                   outputs=_io_info(graph, graph.outputs, plan), extra_blocks=ext.get("blocks", []),
-                  header_blocks=ext.get("header", []))
+                  header_blocks=ext.get("header", []), shared_arena=shared_arena)
     total_macs = sum(get_op(n.op).macs(n, graph) for n in graph.nodes)
     files = {
         f"{prefix}.h": env.get_template("model.h.j2").render(**common),

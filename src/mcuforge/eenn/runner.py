@@ -1,0 +1,269 @@
+"""Run a generated early-exit library on a stream: the integer reference, host C, or a Cortex-M on QEMU.
+
+The compiled runner (targets/firmware/mf_eenn_main.c) keeps one stream state over all samples and
+records, per sample, the class, the exit taken, the evaluated exits and their u vectors ("decide"
+mode), and/or runs every part of the library once between instruction-count marks ("parts" mode).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import reference
+from ..errors import InputError, ToolchainError
+from .codegen import NETWORK_DIR
+from .decisions import KINDS, Decision, Outcome, simulate, u_from_int8
+from .network import EarlyExitNetwork, EennError
+
+DECIDE, PARTS = 1, 2
+
+
+def load_eenn_report(lib_dir: str | Path) -> dict:
+    lib_dir = Path(lib_dir)
+    f = lib_dir / "report.json"
+    if not f.is_file():
+        raise EennError(f"'{lib_dir}' is not an early-exit library written by `mcuforge deploy` (no report.json)")
+    try:
+        report = json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise EennError(f"{f}: corrupt ({e})") from None
+    if report.get("kind") not in ("eenn", "eenn-devices"):
+        raise EennError(f"'{lib_dir}' is a library of a single model, not of an early-exit network")
+    return report
+
+
+def is_eenn_library(path: str | Path) -> bool:
+    f = Path(path) / "report.json"
+    try:
+        return f.is_file() and json.loads(f.read_text()).get("kind") in ("eenn", "eenn-devices")
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def load_network(lib_dir: str | Path) -> EarlyExitNetwork:
+    return EarlyExitNetwork.load(Path(lib_dir) / NETWORK_DIR)
+
+
+# --- the integer reference ---------------------------------------------------------------------------
+
+def reference_exit_u(net: EarlyExitNetwork, x: np.ndarray) -> list[np.ndarray]:
+    """u (N, classes) of every exit for int8 inputs x (N, ...) in the IR layout: the specification."""
+    u, h = [], x
+    for k, seg in enumerate(net.segments):
+        h = reference.run(seg, [h], "int")[0]
+        if k < net.n_exits - 1:
+            u.append(u_from_int8(reference.run(net.heads[k], [h], "int")[0].reshape(len(x), -1)))
+    u.append(u_from_int8(h.reshape(len(x), -1)))
+    return u
+
+
+# --- compiled runners ---------------------------------------------------------------------------------
+
+@dataclass
+class StreamRun:
+    target: str
+    cls: np.ndarray | None = None        # (N,) decide mode
+    exits: np.ndarray | None = None      # (N,)
+    evaluated: np.ndarray | None = None  # (N,) bit mask of the exits evaluated
+    u: np.ndarray | None = None          # (N, E, C) u of the evaluated exits (0 elsewhere)
+    parts_u: np.ndarray | None = None    # (N, E, C) parts mode: u of this device's exits
+    stats: dict = field(default_factory=dict)
+    invoke_instructions: list[int] | None = None       # per sample, decide mode
+    part_instructions: np.ndarray | None = None        # (N, parts) in the order of part_names
+    part_names: list[str] = field(default_factory=list)
+
+    def outcomes(self) -> list[Outcome]:
+        E = self.u.shape[1]
+        return [Outcome(int(c), int(e), tuple(k for k in range(E - 1) if (m >> k) & 1))
+                for c, e, m in zip(self.cls, self.exits, self.evaluated)]
+
+
+def part_names(report: dict) -> list[str]:
+    """The parts in the order parts mode runs them."""
+    e = report["eenn"]
+    names = []
+    for k in e["segments"]:
+        names.append(f"segment{k}")
+        if k < e["n_exits"] - 1:
+            names.append(f"head{k}")
+    return names
+
+
+def _config(report: dict, decision: Decision | None, mode: int) -> bytes:
+    e = report["eenn"]
+    decision = decision or Decision.from_json(e["decision"])
+    decision.check(e["n_exits"])
+    n = max(e["n_exits"] - 1, 1)
+    thr = list(decision.thresholds) + [0] * (n - len(decision.thresholds))
+    return np.array([mode, KINDS.index(decision.kind), n, *thr], "<i4").tobytes()
+
+
+def _check_stream(report: dict, x: np.ndarray) -> int:
+    shape = tuple(report["inputs"][0]["shape"][1:])
+    if x.dtype != np.int8 or tuple(x.shape[1:]) != shape:
+        raise InputError(f"the early-exit library takes int8 inputs of shape (N, {', '.join(map(str, shape))}), got "
+                         f"{x.dtype} {x.shape}")
+    return len(x)
+
+
+def _read_records(report: dict, path: Path, n_records: int) -> tuple[np.ndarray, ...]:
+    E, C = report["eenn"]["n_exits"], len(report["eenn"]["classes"])
+    size = 12 + E * C
+    raw = np.fromfile(path, np.uint8) if path.exists() else np.zeros(0, np.uint8)
+    if raw.size != n_records * size:
+        raise ToolchainError(f"the early-exit runner wrote {raw.size} bytes, expected {n_records} x {size}")
+    raw = raw.reshape(n_records, size)
+    head = raw[:, :12].copy().view("<i4")
+    return head[:, 0], head[:, 1], head[:, 2].astype(np.uint32), raw[:, 12:].reshape(n_records, E, C)
+
+
+def _results(report: dict, tmp: Path, n: int, mode: int, stdout: str, target: str) -> StreamRun:
+    m = re.search(r"MF_STATS (.*)", stdout)
+    if not m:
+        raise ToolchainError(f"the early-exit runner printed no statistics:\n{stdout[-4000:]}")
+    stats = {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
+    if stats["samples"] != n:
+        raise ToolchainError(f"the early-exit runner ran {stats['samples']} samples, expected {n}")
+    per = bin(mode).count("1")
+    cls, ex, ev, u = _read_records(report, tmp / "mf_eenn_out.bin", n * per)
+    run = StreamRun(target, stats=stats, part_names=part_names(report))
+    if mode & DECIDE:
+        sel = slice(0, None, per)
+        run.cls, run.exits, run.evaluated, run.u = cls[sel], ex[sel], ev[sel], u[sel]
+    if mode & PARTS:
+        run.parts_u = u[per - 1::per]
+    return run
+
+
+def build_host_runner(lib_dir: str | Path, sanitize: bool = False, extra_sources: list[Path] = ()) -> Path:
+    from ..targets.cortex_m import FIRMWARE_DIR
+    from ..targets.host import CFLAGS, SANITIZE_FLAGS, cache_dir, find_compiler
+
+    lib_dir = Path(lib_dir)
+    main = (FIRMWARE_DIR / "mf_eenn_main.c").read_bytes()
+    sources = sorted(lib_dir.glob("*.c"))
+    headers = sorted(lib_dir.glob("*.h"))
+    flags = [*(SANITIZE_FLAGS if sanitize else CFLAGS), "-DMF_HOST"]
+    cc = find_compiler()
+    h = hashlib.sha256(main + " ".join([cc] + flags).encode())
+    for p in sources + headers:
+        h.update(p.name.encode() + p.read_bytes())
+    build = cache_dir() / "host"
+    exe = build / f"eenn-runner-{h.hexdigest()[:16]}"
+    if exe.exists():
+        return exe
+    build.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=build) as tmp:
+        main_c = Path(tmp) / "mf_eenn_main.c"
+        main_c.write_bytes(main)
+        out = Path(tmp) / "runner"
+        cmd = [cc, *flags, "-I", str(lib_dir), *map(str, sources), str(main_c), "-o", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ToolchainError(f"host build of the early-exit runner failed:\n{proc.stderr.strip()[-4000:]}")
+        os.replace(out, exe)
+    return exe
+
+
+def run_stream_host(lib_dir: str | Path, x: np.ndarray, decision: Decision | None = None, mode: int = DECIDE,
+                    sanitize: bool = False, timeout: float = 600) -> StreamRun:
+    """One stream through host C (the samples in order, one state)."""
+    report = load_eenn_report(lib_dir)
+    n = _check_stream(report, x)
+    exe = build_host_runner(lib_dir, sanitize)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "mf_eenn_cfg.bin").write_bytes(_config(report, decision, mode))
+        np.ascontiguousarray(x).tofile(tmp / "mf_in.bin")
+        env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
+        try:
+            proc = subprocess.run([str(exe)], cwd=tmp, capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            raise ToolchainError(f"host early-exit run timed out after {timeout} s") from None
+        if proc.returncode != 0:
+            raise ToolchainError(f"host early-exit run failed (exit {proc.returncode}):\n{proc.stderr.strip()[-4000:]}")
+        if sanitize and proc.stderr.strip():
+            raise ToolchainError(f"sanitizer reported problems:\n{proc.stderr.strip()[-4000:]}")
+        return _results(report, tmp, n, mode, proc.stdout, "host")
+
+
+def run_stream_cortex_m(lib_dir: str | Path, x: np.ndarray, target="cortex-m4", decision: Decision | None = None,
+                        mode: int = DECIDE, count: bool = True, ram=None, flash=None,
+                        timeout: float = 600) -> StreamRun:
+    """One stream through the library built into firmware for `target`, on QEMU; count=True counts the
+    instructions of every invoke (decide mode) and of every part (parts mode) exactly."""
+    from ..targets.bench import _calibration, _per_sample
+    from ..targets.cortex_m import build_firmware, build_icount_plugin, qemu_command, resolve_target
+    from ..targets.table import Target
+
+    lib_dir = Path(lib_dir)
+    report = load_eenn_report(lib_dir)
+    n = _check_stream(report, x)
+    t = target if isinstance(target, Target) else resolve_target(report, target, ram, flash)
+    fw = build_firmware(lib_dir, t, main="mf_eenn_main.c")
+    plugin = build_icount_plugin() if count else None
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "mf_eenn_cfg.bin").write_bytes(_config(report, decision, mode))
+        np.ascontiguousarray(x).tofile(tmp / "mf_in.bin")
+        cmd = qemu_command(fw, plugin, tmp / "icount.txt")
+        try:
+            proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise ToolchainError(f"QEMU ({t.machine.name}) did not finish {n} samples within {timeout:g} s") from None
+        text = (proc.stdout + proc.stderr).strip()
+        if proc.returncode != 0:
+            raise ToolchainError(f"early-exit firmware on QEMU {t.machine.name} failed (exit {proc.returncode}):\n"
+                                 f"{text[-4000:]}")
+        run = _results(report, tmp, n, mode, proc.stdout, t.name)
+        run.stats["firmware"] = str(fw.elf)
+        if count:
+            lines = (tmp / "icount.txt").read_text().split("\n")
+            marks = [(int(a), int(b)) for a, b in (ln.split() for ln in lines if ln and not ln.startswith("total"))]
+            cost, marks = _calibration(marks)
+            spans = [seq[-1][1] - seq[0][1] - cost for seq in _per_sample(marks)]
+            per = (1 if mode & DECIDE else 0) + (len(run.part_names) if mode & PARTS else 0)
+            if len(spans) != n * per:
+                raise ToolchainError(f"instruction counting saw {len(spans)} intervals, expected {n} x {per}")
+            spans = np.array(spans, np.int64).reshape(n, per)
+            if mode & DECIDE:
+                run.invoke_instructions = spans[:, 0].tolist()
+            if mode & PARTS:
+                run.part_instructions = spans[:, per - len(run.part_names):]
+        return run
+
+
+def run_stream(lib_dir: str | Path, x: np.ndarray, target: str = "host", decision: Decision | None = None,
+               **kw) -> StreamRun:
+    """The decisions of a single-device library over one stream on `target` (reference, host, or a Cortex-M
+    core/board on QEMU)."""
+    report = load_eenn_report(lib_dir)
+    if report["kind"] != "eenn":
+        raise EennError(f"'{lib_dir}' holds one library per device: run the chain with run_chain_host, or each "
+                        "device directory on its own")
+    if target == "reference":
+        net = load_network(lib_dir)
+        _check_stream(report, x)
+        u = reference_exit_u(net, x)
+        outs = simulate(decision or net.decision, u)
+        E, C = len(u), u[0].shape[1]
+        full = np.zeros((len(x), E, C), np.uint8)
+        ev = np.zeros(len(x), np.uint32)
+        for i, o in enumerate(outs):
+            for k in (*o.heads, *([E - 1] if o.exit == E - 1 else [])):
+                full[i, k] = u[k][i]
+                ev[i] |= 1 << k
+        return StreamRun("reference", np.array([o.cls for o in outs]), np.array([o.exit for o in outs]), ev, full)
+    if target == "host":
+        return run_stream_host(lib_dir, x, decision, **kw)
+    return run_stream_cortex_m(lib_dir, x, target, decision, **kw)
