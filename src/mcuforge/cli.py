@@ -202,6 +202,15 @@ def deploy(
     from .frontends import load_model, to_ir_layout
     from .targets.table import get_target
 
+    if model.is_dir() and (model / "eenn.json").is_file():   # an early-exit network (mcuforge.eenn)
+        from .eenn.deploy_cli import deploy_eenn
+
+        if train or calib is not None or activation_bits != 8:
+            raise InputError("an early-exit network is already int8: --calib, --train and --activation-bits do not "
+                             "apply to it")
+        deploy_eenn(model, out, name, target, ram, flash, console)
+        return
+
     if activation_bits != 8:
         from .quant.squeeze_threshold import check_activation_bits
 
@@ -256,6 +265,18 @@ def run(
     """Run a deployed library on a batch of inputs."""
     from .errors import InputError
     from .runner import load_library, run_library
+    from .eenn.runner import is_eenn_library
+
+    if is_eenn_library(lib):   # one stream through the early-exit runtime: class and exit taken per sample
+        from .eenn.deploy_cli import run_eenn
+
+        y = run_eenn(lib, _load_npy(input, "input"), target, console)
+        try:
+            np.save(output, y)
+        except OSError as exc:
+            raise InputError(f"cannot write '{output}': {exc.strerror or exc}") from None
+        console.print(f"[green]wrote[/] {output}: int32 {tuple(y.shape)}, class and exit taken per sample ({target})")
+        return
 
     graph = load_library(lib)
     x = _load_npy(input, "input")
@@ -288,6 +309,14 @@ def bench(
     from .runner import load_library, prepare_input
     from .targets.bench import CYCLE_NOTE, bench as run_bench
     from .targets.cortex_m import resolve_target
+    from .eenn.runner import is_eenn_library
+
+    if is_eenn_library(lib):   # instructions per part and per exit of an early-exit library
+        from .eenn.deploy_cli import bench_eenn
+
+        bench_eenn(lib, target, ram, flash, _load_npy(input, "input") if input is not None else None, samples,
+                   json_out, console)
+        return
 
     graph = load_library(lib)
     report = json.loads((lib / "report.json").read_text())

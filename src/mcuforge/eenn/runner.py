@@ -267,3 +267,131 @@ def run_stream(lib_dir: str | Path, x: np.ndarray, target: str = "host", decisio
     if target == "host":
         return run_stream_host(lib_dir, x, decision, **kw)
     return run_stream_cortex_m(lib_dir, x, target, decision, **kw)
+
+
+# --- several devices chained on the host ---------------------------------------------------------------
+
+@dataclass
+class ChainRun:
+    cls: np.ndarray            # (N,) the answers
+    exits: np.ndarray          # (N,) the exits taken
+    last_device: np.ndarray    # (N,) the device that answered
+    link_bytes: np.ndarray     # (N, links) bytes that crossed each link, forward and reply
+
+    def outcome_pairs(self) -> list[tuple[int, int]]:
+        return [(int(c), int(e)) for c, e in zip(self.cls, self.exits)]
+
+
+def _chain_main(report: dict) -> str:
+    """A host program that plays every device of a multi-device deployment in one process, passing the
+    messages between them as bytes, the way a link would."""
+    devs = report["devices"]
+    names = [d["prefix"] for d in devs]
+    N0 = names[0].upper()
+    inc = "\n".join(f'#include "{n}_eenn.h"' for n in names)
+    setd = "\n".join(f"    if ({n}_set_decision(kind, thr) != 0) return 4;" for n in names)
+    hops = []
+    for d, n in enumerate(names[1:], start=1):
+        hops.append(f"""        if (cls == {N0}_FORWARD && hop == {d - 1}) {{
+            memcpy(in, msg, sizeof msg);
+            fwd[{d - 1}] = {n.upper()}_MSG_IN_SIZE;
+            cls = {n}_continue(in, &e, msg);
+            if (cls == {N0}_BAD_MESSAGE) return 5;
+            hop = {d};
+        }}""")
+    sizes = " + ".join(f"{n.upper()}_MSG_OUT_SIZE" for n in names)
+    return f"""#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+{inc}
+static uint8_t msg[{sizes}], in[{sizes}];
+
+int main(void) {{
+    FILE *fcfg = fopen("mf_eenn_cfg.bin", "rb"), *fin = fopen("mf_in.bin", "rb"), *fout = fopen("mf_chain_out.bin", "wb");
+    int32_t head[3], thr[{N0}_NUM_THRESHOLDS], kind, rec[{3 + len(names) - 1}];
+    static int8_t x[{N0}_INPUT_SIZE];
+    {names[0]}_state st;
+    if (!fcfg || !fin || !fout) return 2;
+    if (fread(head, 4, 3, fcfg) != 3 || head[2] != {N0}_NUM_THRESHOLDS) return 3;
+    if (fread(thr, 4, {N0}_NUM_THRESHOLDS, fcfg) != {N0}_NUM_THRESHOLDS) return 3;
+    kind = head[1];
+{chr(10).join(f"    {n}_init();" for n in names)}
+{setd}
+    {names[0]}_reset(&st);
+    while (fread(x, 1, sizeof x, fin) == sizeof x) {{
+        int e = -1, hop = 0, j;
+        int32_t fwd[{len(names) - 1}];
+        int cls = {names[0]}_invoke(&st, x, &e, msg);
+        for (j = 0; j < {len(names) - 1}; ++j) fwd[j] = 0;
+{chr(10).join(hops)}
+        if (hop > 0) {{
+            /* the reply travels back over every link the sample crossed */
+            cls = {names[0]}_complete(&st, msg, &e);
+            if (cls < 0) return 6;
+        }}
+        rec[0] = cls;
+        rec[1] = e;
+        rec[2] = hop;
+        for (j = 0; j < {len(names) - 1}; ++j) rec[3 + j] = fwd[j] ? fwd[j] + 4 : 0;
+        if (fwrite(rec, 4, {3 + len(names) - 1}, fout) != {3 + len(names) - 1}) return 7;
+    }}
+    fclose(fin);
+    fclose(fout);
+    return 0;
+}}
+"""
+
+
+def run_chain_host(out_dir: str | Path, x: np.ndarray, decision: Decision | None = None,
+                   sanitize: bool = False, timeout: float = 600) -> ChainRun:
+    """A stream through every device library of a multi-device deployment, chained on the host through
+    the bytes of the messages (one process; each device's library compiled with the host compiler)."""
+    from ..targets.host import CFLAGS, SANITIZE_FLAGS, cache_dir, find_compiler
+
+    out_dir = Path(out_dir)
+    top = load_eenn_report(out_dir)
+    if top["kind"] != "eenn-devices":
+        raise EennError(f"'{out_dir}' is a single-device early-exit library: use run_stream")
+    dev_dirs = [out_dir / d["dir"] for d in top["devices"]]
+    first = load_eenn_report(dev_dirs[0])
+    n = _check_stream(first, x)
+    main = _chain_main(top)
+    sources: dict[str, Path] = {}
+    for d in dev_dirs:   # the kernel files are the same in every device (copies of ops/kernels)
+        for p in sorted(d.glob("*.c")):
+            if p.name in sources and sources[p.name].read_bytes() != p.read_bytes():
+                raise EennError(f"{p.name} differs between device libraries")
+            sources.setdefault(p.name, p)
+    flags = SANITIZE_FLAGS if sanitize else CFLAGS
+    cc = find_compiler()
+    h = hashlib.sha256(main.encode() + " ".join([cc] + flags).encode())
+    for d in dev_dirs:
+        for p in sorted(d.glob("*.[ch]")):
+            h.update(p.name.encode() + p.read_bytes())
+    build = cache_dir() / "host"
+    exe = build / f"eenn-chain-{h.hexdigest()[:16]}"
+    if not exe.exists():
+        build.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=build) as tmp:
+            (Path(tmp) / "chain_main.c").write_text(main)
+            cmd = [cc, *flags, *[f"-I{d}" for d in dev_dirs], *map(str, sources.values()),
+                   str(Path(tmp) / "chain_main.c"), "-o", str(Path(tmp) / "chain")]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise ToolchainError(f"host build of the device chain failed:\n{proc.stderr.strip()[-4000:]}")
+            os.replace(Path(tmp) / "chain", exe)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "mf_eenn_cfg.bin").write_bytes(_config(first, decision, DECIDE))
+        np.ascontiguousarray(x).tofile(tmp / "mf_in.bin")
+        env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
+        proc = subprocess.run([str(exe)], cwd=tmp, capture_output=True, text=True, timeout=timeout, env=env)
+        if proc.returncode != 0 or (sanitize and proc.stderr.strip()):
+            raise ToolchainError(f"host device chain failed (exit {proc.returncode}):\n{proc.stderr.strip()[-4000:]}")
+        links = len(dev_dirs) - 1
+        rec = np.fromfile(tmp / "mf_chain_out.bin", "<i4")
+        if rec.size != n * (3 + links):
+            raise ToolchainError(f"the device chain wrote {rec.size} values, expected {n} x {3 + links}")
+        rec = rec.reshape(n, 3 + links)
+        return ChainRun(rec[:, 0], rec[:, 1], rec[:, 2], rec[:, 3:])

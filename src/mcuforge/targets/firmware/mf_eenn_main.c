@@ -31,7 +31,7 @@ MF_MARKER void mf_layer_mark(void) { __asm__ volatile("" ::: "memory"); }
 
 #define MF_PAINT 0xC5C5C5C5u
 
-static inline __attribute__((always_inline)) void paint_free_stack(void) {
+static inline __attribute__((always_inline, unused)) void paint_free_stack(void) {
     volatile uint32_t *p = &__stack_limit;
     uint32_t *sp;
     __asm__ volatile("mov %0, sp" : "=r"(sp));
@@ -39,7 +39,7 @@ static inline __attribute__((always_inline)) void paint_free_stack(void) {
     while (p < sp) *p++ = MF_PAINT;
 }
 
-static uint32_t current_sp(void) {
+static __attribute__((unused)) uint32_t current_sp(void) {
     uint32_t sp;
     __asm__ volatile("mov %0, sp" : "=r"(sp));
     return sp;
