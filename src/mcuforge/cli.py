@@ -457,6 +457,70 @@ def train(
 
 
 @app.command()
+def compress(
+    model: str = typer.Argument(..., help="A directory written by `mcuforge train` (or a zoo name trained into "
+                                "out/NAME)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Data set (default: the one it was trained on)."),
+    target: str = typer.Option("cortex-m4", "--target", help="Cortex-M core or board the budget is for."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output directory (not needed with --worker)."),
+    max_instructions: Optional[int] = typer.Option(None, "--max-instructions", min=1, help="Budget: instructions "
+                                                   "per inference on the target."),
+    flash: Optional[str] = typer.Option(None, "--flash", help="Budget: firmware flash (bytes, K or M)."),
+    ram: Optional[str] = typer.Option(None, "--ram", help="Budget: firmware RAM (bytes, K or M)."),
+    min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy", help="Least task metric on the validation "
+                                                 "split (accuracy or AUC as a fraction; MAE: the most)."),
+    trials: int = typer.Option(24, "--trials", min=0, help="Finished trials the study should hold."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Study storage URL (postgresql://... for many "
+                                          "workers); default: SQLite file OUT.study.db."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name (default compress-MODEL-TARGET)."),
+    worker: bool = typer.Option(False, "--worker", help="Only run trials of an existing study."),
+    criterion: Optional[str] = typer.Option(None, "--criterion", help="Channel importance: l1, taylor or deeplift "
+                                            "(default: searched over all three)."),
+    finetune_epochs: int = typer.Option(2, "--finetune-epochs", min=0, help="Fine-tuning epochs per trial."),
+    final_epochs: int = typer.Option(10, "--final-epochs", min=0, help="Fine-tuning epochs of the chosen model."),
+    tolerance: float = typer.Option(0.05, "--tolerance", help="Sensitivity threshold: relative metric loss "
+                                    "allowed when one layer is pruned alone."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+) -> None:
+    """Prune a trained model until it meets a budget on a target (sensitivity analysis, Optuna search)."""
+    from .compress.cli import run as run_compress
+    from .compress.search import Budget
+    from .targets.table import parse_size
+
+    budget = Budget(max_instructions, parse_size(flash, "--flash"), parse_size(ram, "--ram"), min_accuracy)
+    run_compress(model, data, target, out, budget, trials, storage, study, worker, criterion, finetune_epochs,
+                 final_epochs, tolerance, seed, console, err_console)
+
+
+@app.command()
+def eenn(
+    model: str = typer.Argument(..., help="A zoo classifier (trained into out/NAME if needed) or a directory "
+                                "written by `mcuforge train`."),
+    data: Optional[str] = typer.Option(None, "--data", help="Data set (default: the one it was trained on); "
+                                       "its correlated stream (ecg, keywords, digits) is the evaluation."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output directory: the early-exit network "
+                                       "(eenn.json, segment*.mcf, head*.mcf), Pareto table/plot, summary."),
+    trials: int = typer.Option(200, "--trials", min=1, help="Finished trials the study should hold."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Study storage URL (postgresql://... for many "
+                                          "workers); default: SQLite file OUT.study.db."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name (default eenn-MODEL-TARGETS-KINDS)."),
+    worker: bool = typer.Option(False, "--worker", help="Only run trials of an existing study."),
+    targets: str = typer.Option("cortex-m4", "--targets", help="1-3 devices the segments map onto, in link "
+                                "order: cortex-m4, cortex-m7, edge-cpu."),
+    kinds: Optional[str] = typer.Option(None, "--kinds", help="Decision mechanisms to search (default all): "
+                                        "confidence,margin,entropy,difference,patience."),
+    max_loss: float = typer.Option(2.0, "--max-loss", min=0.0, help="Accuracy points the chosen network may lose "
+                                   "against the single exit on the validation stream."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the search."),
+) -> None:
+    """Early exits: augment a trained classifier, search exits/decision/mapping on a correlated stream."""
+    from .eenn.cli import run as run_eenn_search
+
+    run_eenn_search(model, data, out, trials, storage, study, worker, targets, max_loss, kinds, seed, console,
+                    err_console)
+
+
+@app.command()
 def zoo() -> None:
     """List the zoo's models and the data sets."""
     from .zoo.cli import print_zoo
