@@ -46,6 +46,8 @@ def storage_url(storage: str | None, default_file: Path) -> str:
     scheme = storage.split("://", 1)[0] if "://" in storage else ""
     if scheme.split("+", 1)[0] not in ("sqlite", "postgresql", "mysql"):
         raise StudyError(f"--storage {storage!r}: expected sqlite:///PATH or postgresql://USER@HOST/DB")
+    if scheme == "postgresql":  # SQLAlchemy's default driver is psycopg2; the installed one is psycopg 3
+        return "postgresql+psycopg://" + storage.split("://", 1)[1]
     return storage
 
 
