@@ -78,6 +78,24 @@ def memory_table(report: dict) -> Table:
     return table
 
 
+def weight_storage_table(graph) -> Table:
+    """Per conv/fc layer: storage format and the flash its weights take (portable kernels)."""
+    from .compress.storage import storage_summary
+
+    rows = storage_summary(graph)
+    table = Table(title="weight storage (flash of the weights, portable kernels)")
+    for col in ("layer", "storage", "weights", "distinct", "zeros", "flash B"):
+        table.add_column(col, justify="right" if col not in ("layer", "storage") else "left")
+    for r in rows:
+        s = r["storage"]
+        fmt = s["format"] + (f" {s['bits']}-bit" if "bits" in s else "") + (f" k={s['k']}" if "k" in s else "")
+        table.add_row(r["name"], fmt, f"{r['weights']:,}", str(r["distinct"]), f"{r['zeros']:.0%}",
+                      f"{r['flash_bytes']:,}")
+    total, dense = sum(r["flash_bytes"] for r in rows), sum(r["weights"] for r in rows)
+    table.add_row("total", "", f"{dense:,}", "", "", f"{total:,} ({dense / max(total, 1):.2f}x less than int8)")
+    return table
+
+
 def fit_summary(report: dict, target) -> str:
     """One line: the model's arena and constants against the target's RAM and flash (before linking)."""
     from .targets.table import format_size
@@ -195,6 +213,14 @@ def deploy(
     activation_bits: int = typer.Option(8, "--activation-bits", help="Activation storage bits: 8 only. Low-bit "
                                         "(Squeeze-and-Threshold) activations run in int8 storage on their 2^b-level "
                                         "grid; packed int4/int2 storage is not implemented."),
+    weight_bits: Optional[str] = typer.Option(None, "--weight-bits", help="Weight bits of the conv/fc layers: 8, 4 "
+                                              "or 2 for all, or per layer (conv1=4,fc=8); 4/2 bits are stored "
+                                              "packed (README: Compressed weights)."),
+    share_weights: Optional[str] = typer.Option(None, "--share-weights", help="Weight sharing: a codebook of K "
+                                                "(2..16) int8 values per layer (k-means), for all or per layer "
+                                                "(conv1=16,fc=4)."),
+    sparse: Optional[str] = typer.Option(None, "--sparse", help="auto: store a layer's weights sparsely (zeros "
+                                         "skipped) where that takes less flash; off (default)."),
 ) -> None:
     """Quantize a model and generate a self-contained C99 library."""
     from .codegen import generate
@@ -219,6 +245,7 @@ def deploy(
         raise InputError("--ram and --flash describe a target: name it with --target (e.g. --target cortex-m4)")
     tgt = get_target(target, ram, flash) if target else None
     graph = load_model(model)
+    float_graph = graph
     if not graph.is_quantized:
         if calib is None:
             raise QuantizationError(f"'{model}' is a float model: give calibration data with --calib X.npy "
@@ -228,6 +255,13 @@ def deploy(
             raise QuantizationError(f"calibration data must be numeric, got dtype {x.dtype}")
         graph = quantize_with_progress(graph, [to_ir_layout(graph, graph.inputs[0], x.astype(np.float32))],
                                        method.value, percentile)
+    if weight_bits or share_weights or sparse:
+        from .compress.storage import apply_storage_options, float_weights_of
+
+        if train:
+            raise InputError("--weight-bits, --share-weights and --sparse cannot be combined with --train "
+                             "(training updates int8 weights in RAM)")
+        graph = apply_storage_options(graph, weight_bits, share_weights, sparse, float_weights_of(float_graph))
     extension = None
     if train:
         from .train.cli import training_config
@@ -244,6 +278,8 @@ def deploy(
         from .train.cli import training_memory_table
 
         console.print(training_memory_table(report))
+    if weight_bits or share_weights or sparse:
+        console.print(weight_storage_table(graph))
     if tgt is not None:
         console.print(fit_summary(report, tgt))
     console.print(f"[green]wrote[/] {out}/ ({name}.h, {name}.c, kernels, Makefile, CMakeLists.txt, report.md)")

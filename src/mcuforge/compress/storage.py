@@ -227,3 +227,28 @@ def storage_summary(graph: Graph) -> list[dict]:
 
 __all__ = ["BITS", "PACKED_RANGE", "StorageError", "choose_sparse", "parse_layer_values", "quantize_weights_to_bits",
            "share_weights", "storage_summary", "weight_flash_bytes", "weight_layers"]
+
+
+def apply_storage_options(graph: Graph, weight_bits: str | None = None, share: str | None = None,
+                          sparse: str | None = None, float_weights: dict[str, np.ndarray] | None = None) -> Graph:
+    """The CLI's --weight-bits, --share-weights and --sparse, applied in that order.
+
+    weight_bits: '4' (every conv/fc layer) or 'conv1=4,fc=8'; share: '16' or 'conv1=16,...';
+    sparse: 'auto' (choose_sparse) or 'off'."""
+    layers = [n.name for n in weight_layers(graph)]
+    if weight_bits:
+        graph = quantize_weights_to_bits(graph, parse_layer_values(weight_bits, layers, "--weight-bits"),
+                                         float_weights)
+    if share:
+        graph = share_weights(graph, parse_layer_values(share, layers, "--share-weights"))
+    if sparse not in (None, "off", "auto"):
+        raise StorageError(f"--sparse: expected auto or off, got '{sparse}'")
+    if sparse == "auto":
+        graph = choose_sparse(graph)
+    return graph
+
+
+def float_weights_of(float_graph: Graph) -> dict[str, np.ndarray]:
+    """The float weights of a graph before PTQ by node name (quantize keeps the node names)."""
+    return {n.name: float_graph.tensors[n.inputs[1]].data for n in weight_layers(float_graph)
+            if float_graph.tensors[n.inputs[1]].dtype == "float32"}

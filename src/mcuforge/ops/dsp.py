@@ -27,7 +27,7 @@ import numpy as np
 
 from ..ir.graph import Graph, Node
 from .base import quantized_activation_range, t_in, t_out
-from .weight_storage import emit_dsp_decode, is_compressed
+from .weight_storage import emit_dsp_decode, emit_wstore, is_compressed
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 Q_WORDS = 4  # per output channel: bias, multiplier, a, b (kernels/mf_dsp.h)
@@ -134,9 +134,7 @@ def emit_conv2d(op, node: Node, graph: Graph, ctx) -> str | None:
     if wt.dtype != "int8" or x.dtype != "int8" or y.dtype != "int8" or x.shape[0] != 1:
         return None
     if groups > 1 and cg == 1:
-        # compressed depthwise weights: the portable kernel decodes them (the DSP kernel's
-        # int16 weight pairs have no compact form)
-        return None if is_compressed(node) else emit_dwconv(op, node, graph, ctx)
+        return emit_dwconv(op, node, graph, ctx)
     og = o // groups
     og_pad = og + (og & 1)
     k = kh * kw * cg
@@ -215,8 +213,19 @@ def emit_dwconv(op, node: Node, graph: Graph, ctx) -> str:
     plane_w = (geo["out_w"] - 1) * geo["s"][1] + (vkw - 1) * geo["d"][1] + 1 + 2
     plane_w += plane_w & 1
     ctx.use_kernel_files(*HEADERS, "mf_dwconv_dsp.c")
-    w_id = ctx.array(node.name + "_wq", blob, "uint32_t")
-    scratch = ctx.scratch(4 * (plane_h * plane_w + 2))  # two int16 planes
+    planes = 4 * (plane_h * plane_w + 2)  # two int16 planes
+    decode = ""
+    if is_compressed(node):  # the blob is built in the scratch from the decoded weights and the records
+        tmp_words = -(-(o * kh * kw) // 4)
+        base = ctx.scratch(4 * (blob.size + tmp_words) + planes)
+        ws = emit_wstore(node, graph, ctx)
+        q_id = ctx.array(node.name + "_q", rec, "int32_t")
+        decode = (f"mf_wdecode_dwconv(&{ws}, {q_id}, {base}, (int8_t *)({base} + {blob.size}), {o}, {kh}, {kw}, "
+                  f"{int(transposed)}, {int(three)}, {scale});\n    ")
+        w_id, scratch = base, f"({base} + {blob.size + tmp_words})"
+    else:
+        w_id = ctx.array(node.name + "_wq", blob, "uint32_t")
+        scratch = ctx.scratch(planes)
     p = ctx.ident(node.name + "_p")
     g = geo
     ctx.decl(
@@ -227,8 +236,8 @@ def emit_dwconv(op, node: Node, graph: Graph, ctx) -> str:
         f"  {zp_x}, {plane_h}, {plane_w}, {int(three)}, {lo}, {hi}, {w_id}\n}};"
         + (" /* transposed: kernel rows are the input's columns */" if transposed else "")
     )
-    return (f"mf_dwconv_dsp_s8_{_variant(fast, lo, hi)}(&{p}, {ctx.buf(node.inputs[0])}, "
-            f"{ctx.buf(node.outputs[0])}, {scratch});")
+    return decode + (f"mf_dwconv_dsp_s8_{_variant(fast, lo, hi)}(&{p}, {ctx.buf(node.inputs[0])}, "
+                     f"{ctx.buf(node.outputs[0])}, {scratch});")
 
 
 def dsp_weight_bytes(node: Node, graph: Graph) -> int:

@@ -169,21 +169,82 @@ void mf_fc_ws_s8(const mf_fc_params *p, const int8_t *in, const mf_wstore *w, co
         for (kk = 0; kk < k; ++kk, ++i) d[MF_ARR_AT(kk)] = (int8_t)GET(w, i); \
     }
 
+/* Whole chunks (k a multiple of 4): 4 weights -> one word. */
+#define MF_DECODE_CHUNKS(WORD)                                               \
+    for (o = 0, i = 0; o < out_c; ++o) {                                     \
+        int8_t *d = dst + channel_base(o, og, lanes, block);                 \
+        for (kk = 0; kk < k; kk += 4, i += 4, d += step) {                   \
+            const uint32_t v = WORD;                                         \
+            memcpy(d, &v, 4);                                                \
+        }                                                                    \
+    }
+
 static int32_t channel_base(int32_t o, int32_t og, int32_t lanes, int32_t block) {
     const int32_t g = o / og, oc = o - g * og, blocks = (og + lanes - 1) / lanes;
     return (g * blocks + oc / lanes) * block + (oc % lanes) * 4;
 }
 
-void mf_wdecode_arranged(const mf_wstore *w, int8_t *dst, int32_t nbytes, int32_t out_c, int32_t k,
-                         int32_t og, int32_t lanes, int32_t chunks) {
-    const int32_t step = 4 * lanes, block = chunks * step;
+/* 4 nibbles (bits 0-15 of v) -> 4 sign-extended bytes: spread, then per byte (n ^ 8) - 8, computed
+ * as ((n ^ 8) + 0x78) ^ 0x80 so that no byte borrows from its neighbour. */
+static uint32_t nibbles_to_bytes(uint32_t v) {
+    const uint32_t x = (v & 0xFu) | ((v & 0xF0u) << 4) | ((v & 0xF00u) << 8) | ((v & 0xF000u) << 12);
+    return ((x ^ 0x08080808u) + 0x78787878u) ^ 0x80808080u;
+}
+
+/* 4 crumbs (bits 0-7 of v) -> 4 sign-extended bytes, as above with (c ^ 2) - 2. */
+static uint32_t crumbs_to_bytes(uint32_t v) {
+    const uint32_t x = (v & 0x3u) | ((v & 0xCu) << 6) | ((v & 0x30u) << 12) | ((v & 0xC0u) << 18);
+    return ((x ^ 0x02020202u) + 0x7E7E7E7Eu) ^ 0x80808080u;
+}
+
+static uint32_t lookup4(const int8_t *table, uint32_t idx) {
+    return (uint32_t)(uint8_t)table[idx & 0xFu] | (uint32_t)(uint8_t)table[(idx >> 4) & 0xFu] << 8 |
+           (uint32_t)(uint8_t)table[(idx >> 8) & 0xFu] << 16 | (uint32_t)(uint8_t)table[(idx >> 12) & 0xFu] << 24;
+}
+
+static uint32_t lookup2(const int8_t *table, uint32_t idx) {
+    return (uint32_t)(uint8_t)table[idx & 0x3u] | (uint32_t)(uint8_t)table[(idx >> 2) & 0x3u] << 8 |
+           (uint32_t)(uint8_t)table[(idx >> 4) & 0x3u] << 16 | (uint32_t)(uint8_t)table[(idx >> 6) & 0x3u] << 24;
+}
+
+#define MF_U16(d, i) ((uint32_t)(d)[(i) >> 1] | (uint32_t)(d)[((i) >> 1) + 1] << 8)
+
+/* Decode into blocks of `block` bytes per `lanes` output channels of a group of og (see mf_wstore.h). */
+static void decode(const mf_wstore *w, int8_t *dst, int32_t nbytes, int32_t out_c, int32_t k, int32_t og,
+                   int32_t lanes, int32_t block) {
+    const int32_t step = 4 * lanes;
+    const int whole = (k & 3) == 0;
     int32_t o, kk, i;
     memset(dst, 0, (size_t)nbytes);
     switch (w->format) {
-    case MF_WS_PACKED4: MF_DECODE_DENSE(MF_GET_PACKED4) break;
-    case MF_WS_PACKED2: MF_DECODE_DENSE(MF_GET_PACKED2) break;
-    case MF_WS_CODEBOOK4: MF_DECODE_DENSE(MF_GET_CODEBOOK4) break;
-    case MF_WS_CODEBOOK2: MF_DECODE_DENSE(MF_GET_CODEBOOK2) break;
+    case MF_WS_PACKED4:
+        if (whole) {
+            MF_DECODE_CHUNKS(nibbles_to_bytes(MF_U16(w->data, i)))
+        } else {
+            MF_DECODE_DENSE(MF_GET_PACKED4)
+        }
+        break;
+    case MF_WS_PACKED2:
+        if (whole) {
+            MF_DECODE_CHUNKS(crumbs_to_bytes(w->data[i >> 2]))
+        } else {
+            MF_DECODE_DENSE(MF_GET_PACKED2)
+        }
+        break;
+    case MF_WS_CODEBOOK4:
+        if (whole) {
+            MF_DECODE_CHUNKS(lookup4(w->table, MF_U16(w->data, i)))
+        } else {
+            MF_DECODE_DENSE(MF_GET_CODEBOOK4)
+        }
+        break;
+    case MF_WS_CODEBOOK2:
+        if (whole) {
+            MF_DECODE_CHUNKS(lookup2(w->table, w->data[i >> 2]))
+        } else {
+            MF_DECODE_DENSE(MF_GET_CODEBOOK2)
+        }
+        break;
     default: {
         const uint8_t *gap = w->data;
         const int8_t *val = w->table;
@@ -198,5 +259,36 @@ void mf_wdecode_arranged(const mf_wstore *w, int8_t *dst, int32_t nbytes, int32_
             val += n;
         }
     }
+    }
+}
+
+void mf_wdecode_arranged(const mf_wstore *w, int8_t *dst, int32_t nbytes, int32_t out_c, int32_t k,
+                         int32_t og, int32_t lanes, int32_t chunks) {
+    decode(w, dst, nbytes, out_c, k, og, lanes, chunks * 4 * lanes);
+}
+
+/* Depthwise: decode out_c x (k_h k_w) weights in IR order into tmp, then build the DSP kernel's
+ * per-channel blocks (mf_dwconv_dsp_params.w): int16 weight pairs of each (virtual) row, times
+ * scale, then the channel's MF_Q_WORDS (4) record words. */
+void mf_wdecode_dwconv(const mf_wstore *w, const int32_t *records, uint32_t *dst, int8_t *tmp, int32_t out_c,
+                       int32_t k_h, int32_t k_w, int32_t transposed, int32_t three, int32_t scale) {
+    const int32_t k = k_h * k_w, vkh = transposed ? k_w : k_h, vkw = transposed ? k_h : k_w;
+    int32_t o, r, c, j;
+    decode(w, tmp, out_c * k, out_c, k, 1, 1, k); /* IR order: one channel per block of k bytes */
+    for (o = 0; o < out_c; ++o) {
+        const int8_t *t = tmp + o * k;
+#define MF_DW_W(c) ((int32_t)(transposed ? t[(c) * k_w + r] : t[r * k_w + (c)]) * scale)
+#define MF_DW_PAIR(a, b) (((uint32_t)(a) & 0xFFFFu) | (((uint32_t)(b) & 0xFFFFu) << 16))
+        for (r = 0; r < vkh; ++r) {
+            if (three) {
+                *dst++ = MF_DW_PAIR(MF_DW_W(0), MF_DW_W(1));
+                *dst++ = MF_DW_PAIR(MF_DW_W(1), MF_DW_W(2));
+            } else {
+                for (c = 0; c < vkw; c += 2) *dst++ = MF_DW_PAIR(MF_DW_W(c), c + 1 < vkw ? MF_DW_W(c + 1) : 0);
+            }
+        }
+#undef MF_DW_W
+#undef MF_DW_PAIR
+        for (j = 0; j < 4; ++j) *dst++ = (uint32_t)records[4 * o + j];
     }
 }

@@ -38,6 +38,13 @@ void mf_fc_ws_s8(const mf_fc_params *p, const int8_t *in, const mf_wstore *w,
 void mf_wdecode_arranged(const mf_wstore *w, int8_t *dst, int32_t nbytes, int32_t out_c, int32_t k,
                          int32_t og, int32_t lanes, int32_t chunks);
 
+/* Depthwise conv on DSP cores: build the mf_dwconv_dsp_params.w blocks (mf_dsp_kernels.h) from the
+ * compressed weights (decoded in IR order into tmp, out_c k_h k_w bytes) and the per-channel records
+ * (4 words each): per output channel, the int16 pairs of each virtual row (the input's columns when
+ * transposed; (w0, w1), (w1, w2) when three, else (w[2i], w[2i+1]) zero-padded), times scale. */
+void mf_wdecode_dwconv(const mf_wstore *w, const int32_t *records, uint32_t *dst, int8_t *tmp, int32_t out_c,
+                       int32_t k_h, int32_t k_w, int32_t transposed, int32_t three, int32_t scale);
+
 #ifdef __cplusplus
 }
 #endif
