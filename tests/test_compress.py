@@ -291,3 +291,20 @@ def test_compress_on_postgres_with_two_workers(capsys, tmp_path, digits_dir, pos
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     assert report["trials_finished"] == len(done) and report["trials_run_here"] == 0
+
+
+def test_weight_formats_simulated_on_the_float_model():
+    from mcuforge.compress.weights import check_formats, index_bits, simulate
+
+    net = small_net()
+    simulate(net, ["2"], "int4")
+    w = net[2].weight.detach().reshape(8, -1)
+    assert all(len(torch.unique(row)) <= 15 for row in w)
+    net = small_net()
+    simulate(net, ["2"], "codebook4")
+    w = net[2].weight.detach().reshape(8, -1)
+    ints = torch.round(w / (w.abs().amax(dim=1, keepdim=True) / 127))
+    assert len(torch.unique(ints)) <= 4
+    assert [index_bits(f) for f in ("int8", "int4", "int2", "codebook16", "codebook4")] == [8, 4, 2, 4, 2]
+    with pytest.raises(CompressError, match="unknown weight format 'int3'"):
+        check_formats(["int8", "int3"])

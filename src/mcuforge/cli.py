@@ -516,6 +516,9 @@ def compress(
     final_epochs: int = typer.Option(10, "--final-epochs", min=0, help="Fine-tuning epochs of the chosen model."),
     tolerance: float = typer.Option(0.05, "--tolerance", help="Sensitivity threshold: relative metric loss "
                                     "allowed when one layer is pruned alone."),
+    weight_formats: str = typer.Option("int8", "--weight-formats", help="Weight formats the search may give all "
+                                       "prunable layers but the most sensitive: comma list of int8, int4, int2, "
+                                       "codebook16, codebook4."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
 ) -> None:
     """Prune a trained model until it meets a budget on a target (sensitivity analysis, Optuna search)."""
@@ -525,7 +528,8 @@ def compress(
 
     budget = Budget(max_instructions, parse_size(flash, "--flash"), parse_size(ram, "--ram"), min_accuracy)
     run_compress(model, data, target, out, budget, trials, storage, study, worker, criterion, finetune_epochs,
-                 final_epochs, tolerance, seed, console, err_console)
+                 final_epochs, tolerance, seed, console, err_console,
+                 tuple(f.strip() for f in weight_formats.split(",") if f.strip()))
 
 
 @app.command()

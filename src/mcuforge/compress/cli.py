@@ -16,13 +16,14 @@ def pareto_table(result: dict) -> Table:
     t = Table(title=f"Pareto front ({result['trials_finished']} trials; validation {m}, estimated costs)",
               header_style="bold")
     for col, just in (("trial", "right"), (m, "right"), ("instructions", "right"), ("flash B", "right"),
-                      ("RAM B", "right"), ("criterion", "left"), ("alpha", "right"), ("meets budget", "left")):
+                      ("RAM B", "right"), ("criterion", "left"), ("alpha", "right"), ("weights", "left"),
+                      ("meets budget", "left")):
         t.add_column(col, justify=just)
     for r in result["pareto"]:
         mark = " *" if r["trial"] == result["chosen_trial"] else ""
         t.add_row(f"{r['trial']}{mark}", _fmt(r[m], m), f"{r['instructions']:,.0f}", f"{r['flash']:,.0f}",
                   f"{r.get('ram', 0):,}", r["params"]["criterion"], f"{r['params']['alpha']:.3f}",
-                  "yes" if r.get("feasible") else "no")
+                  r.get("weight_format", "int8"), "yes" if r.get("feasible") else "no")
     return t
 
 
@@ -57,7 +58,7 @@ def result_table(result: dict) -> Table:
 
 def run(model: str, data, target: str, out: Path | None, budget, trials: int, storage, study, worker: bool,
         criterion, finetune_epochs: int, final_epochs: int, tolerance: float, seed: int,
-        console: Console, err_console: Console) -> dict:
+        console: Console, err_console: Console, weight_formats: tuple[str, ...] = ("int8",)) -> dict:
     import json
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -76,7 +77,8 @@ def run(model: str, data, target: str, out: Path | None, budget, trials: int, st
 
         result = run_compress(model, target, out, data=data, budget=budget, trials=trials, storage=storage,
                               study_name=study, worker=worker, criterion=criterion, finetune_epochs=finetune_epochs,
-                              final_epochs=final_epochs, tolerance=tolerance, seed=seed, say=say, progress=progress)
+                              final_epochs=final_epochs, tolerance=tolerance, seed=seed, say=say, progress=progress,
+                              weight_formats=weight_formats)
     if worker:
         console.print(f"worker {result['worker']}: ran {result['ran']} trials; study '{result['study']}' has "
                       f"{result['finished']} finished trials")

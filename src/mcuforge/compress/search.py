@@ -34,6 +34,7 @@ from .cost import CostModel, profile
 from .importance import CRITERIA, channel_importance, prunable_layers
 from .prune import channel_counts, prune_structured
 from .sensitivity import analyse, global_rates
+from .weights import apply_to_graph, index_bits, simulate
 
 SETUP_ATTR = "compress_setup"
 OFFSET = 0.15        # per-layer rate offsets the search may add to the sensitivity-driven rates
@@ -169,7 +170,7 @@ def calibration_set(problem: Problem, n: int = 256, seed: int = 0) -> np.ndarray
 # --- deploy and measure on the target --------------------------------------------------------------------
 
 def _deploy(problem: Problem, model, target, lib_dir: Path, calib: np.ndarray, prefix: str | None = None,
-            export_to: Path | None = None):
+            export_to: Path | None = None, storage: tuple[list[str], str] | None = None):
     import torch
 
     from ..codegen import generate
@@ -183,23 +184,27 @@ def _deploy(problem: Problem, model, target, lib_dir: Path, calib: np.ndarray, p
         torch.export.save(ep, export_to)
     graph = from_exported(ep, name=problem.name)
     q = quantize(graph, [to_ir_layout(graph, graph.inputs[0], calib)], method="minmax")
+    if storage is not None:  # (IR layer names, weight format) of the low-sensitivity layers
+        q = apply_to_graph(q, storage[0], storage[1], graph)
     report = generate(q, lib_dir, prefix=prefix or c_prefix(problem.name), target=target)
     return q, report
 
 
-def bench_model(problem: Problem, model, target, lib_dir: Path, calib: np.ndarray) -> dict:
+def bench_model(problem: Problem, model, target, lib_dir: Path, calib: np.ndarray,
+                storage: tuple[list[str], str] | None = None) -> dict:
     """Deploy ``model`` for ``target`` and bench it on QEMU (per-layer instructions, flash, RAM)."""
     from ..frontends import to_ir_layout
     from ..targets.bench import bench
 
-    q, _ = _deploy(problem, model, target, lib_dir, calib)
+    q, _ = _deploy(problem, model, target, lib_dir, calib, storage=storage)
     name = q.inputs[0]
     xq = q.tensors[name].quant.quantize(to_ir_layout(q, name, problem.data["val"][0][:2]))
     return bench(lib_dir, target, [xq])
 
 
 def deploy_and_measure(problem: Problem, model, target, lib_dir: Path, calib: np.ndarray,
-                       split: str = "test", prefix: str | None = None, export_to: Path | None = None) -> dict:
+                       split: str = "test", prefix: str | None = None, export_to: Path | None = None,
+                       storage: tuple[list[str], str] | None = None) -> dict:
     """Export, quantize, generate the library for ``target`` into ``lib_dir`` and run the whole
     ``split`` on QEMU: exact instructions per inference, flash, RAM, the int8 metric from the
     firmware's outputs, and how many outputs differ from the integer reference (0 expected)."""
@@ -208,7 +213,7 @@ def deploy_and_measure(problem: Problem, model, target, lib_dir: Path, calib: np
     from ..targets.bench import bench, run_counted
     from ..zoo.trainer import evaluate
 
-    q, report = _deploy(problem, model, target, lib_dir, calib, prefix, export_to)
+    q, report = _deploy(problem, model, target, lib_dir, calib, prefix, export_to, storage)
     name = q.inputs[0]
     x, y, groups = problem.data[split]
     xq = q.tensors[name].quant.quantize(to_ir_layout(q, name, x))
@@ -246,11 +251,13 @@ def estimate(problem: Problem, cost: CostModel, model) -> dict:
     return cost.estimate(profile(model, problem.example))
 
 
-def smallest_alpha(problem: Problem, sens: dict, scores: dict, cost: CostModel, budget: Budget) -> tuple[float, dict]:
-    """The weakest global pruning (alpha) whose estimate meets the cost budgets (bisection)."""
+def smallest_alpha(problem: Problem, sens: dict, scores: dict, cost: CostModel, budget: Budget,
+                   weight_bits: dict[str, int] | None = None) -> tuple[float, dict]:
+    """The weakest global pruning (alpha) whose estimate meets the cost budgets (bisection), with the
+    most compact weight format the search may use."""
     def est(alpha):
-        return estimate(problem, cost, prune_structured(problem.model, problem.example, global_rates(sens, alpha),
-                                                        scores))
+        pruned = prune_structured(problem.model, problem.example, global_rates(sens, alpha), scores)
+        return cost.estimate(profile(pruned, problem.example), weight_bits)
 
     if budget.costs_met(est(0.0)):
         return 0.0, est(0.0)
@@ -272,7 +279,8 @@ def smallest_alpha(problem: Problem, sens: dict, scores: dict, cost: CostModel, 
 
 
 def build_setup(problem: Problem, target, budget: Budget, criteria, criterion: str, seed: int, workdir: Path,
-                tolerance: float, say: Callable[[str], None], progress: Callable | None = None) -> dict:
+                tolerance: float, say: Callable[[str], None], progress: Callable | None = None,
+                weight_formats: tuple[str, ...] = ("int8",)) -> dict:
     say("channel importance (" + ", ".join(criteria) + ")")
     scores = importances(problem, criteria, seed=seed)
     base_q = problem.quality(problem.model)
@@ -291,14 +299,48 @@ def build_setup(problem: Problem, target, budget: Budget, criteria, criterion: s
     half_bench = bench_model(problem, half, target, workdir / "half_lib", calib)
     cost = CostModel.from_bench(base["bench"], profile(problem.model, problem.example), half_bench,
                                 profile(half, problem.example))
-    alpha, est = smallest_alpha(problem, sens, {n: np.asarray(v) for n, v in scores[criterion].items()}, cost, budget)
+    setup_formats = {}
+    for fmt in weight_formats:  # what a format costs beyond its bits: decode instructions, code, scratch RAM
+        if fmt == "int8":
+            continue
+        say(f"measuring the unpruned model with {fmt} weights on {target.name} (QEMU)")
+        low = low_bit_layers(sens)
+        to_ir = {m["name"]: m["ir_name"] for m in cost.mac_layers}
+        b = bench_model(problem, problem.model, target, workdir / f"{fmt}_lib", calib, ([to_ir[n] for n in low], fmt))
+        plain = cost.estimate(profile(problem.model, problem.example), {n: index_bits(fmt) for n in low})
+        setup_formats[fmt] = {"instructions_ratio": float(b["instructions"]["per_inference"]) / cost.instructions,
+                              "flash_offset": int(b["flash"]["total"]) - plain["flash"],
+                              "ram_offset": int(b["ram"]["total"]) - cost.ram}
+    compact = min(index_bits(f) for f in weight_formats)
+    alpha, est = smallest_alpha(problem, sens, {n: np.asarray(v) for n, v in scores[criterion].items()}, cost, budget,
+                                {n: compact for n in low_bit_layers(sens)})
     base_small = {k: v for k, v in base.items() if k != "bench"}
     base_small["layers"] = [{k: r[k] for k in ("name", "op", "macs", "instructions")} for r in base["bench"]["layers"]]
     return {"version": 1, "model": problem.name, "source": problem.source, "target": target.name,
             "metric": problem.metric, "layers": problem.layers, "scores": scores, "sensitivity": sens,
             "cost": cost.to_json(), "budget": budget.to_json(), "alpha_min": alpha, "alpha_min_estimate": est,
             "criteria": list(criteria), "criterion": criterion, "base": base_small,
+            "weight_formats": list(weight_formats), "low_bit_layers": low_bit_layers(sens),
+            "format_costs": setup_formats,
             "channels": channel_counts(problem.model, problem.layers)}
+
+
+def low_bit_layers(sens: dict) -> list[str]:
+    """The layers a weight format applies to: every prunable layer but the most sensitive one (mixed
+    precision by sensitivity; the classifier is not prunable and keeps int8 too)."""
+    layers = sens["layers"]
+    if len(layers) < 2:
+        return list(layers)
+    most = max(layers, key=lambda n: layers[n]["sensitivity"])
+    return [n for n in layers if n != most]
+
+
+def storage_of(setup: dict, fmt: str) -> tuple[list[str], str] | None:
+    """(IR layer names, format) for deploying a model whose low-bit layers use ``fmt``."""
+    if fmt == "int8":
+        return None
+    to_ir = {m["name"]: m["ir_name"] for m in setup["cost"]["mac_layers"]}
+    return [to_ir[n] for n in setup["low_bit_layers"]], fmt
 
 
 # --- trials ----------------------------------------------------------------------------------------------
@@ -321,11 +363,20 @@ def make_objective(problem: Problem, setup: dict, finetune_epochs: int, seed: in
         criterion = trial.suggest_categorical("criterion", setup["criteria"])
         alpha = trial.suggest_float("alpha", setup["alpha_min"], MAX_RATE)
         offsets = {n: trial.suggest_float(f"offset_{i}", -OFFSET, OFFSET) for i, n in enumerate(layers)}
+        formats = setup.get("weight_formats", ["int8"])
+        fmt = trial.suggest_categorical("weight_format", formats) if len(formats) > 1 else formats[0]
         model, rates = trial_model(problem, setup, criterion, alpha, offsets)
-        est = estimate(problem, cost, model)
+        low = setup.get("low_bit_layers", [])
+        est = cost.estimate(profile(model, problem.example), {n: index_bits(fmt) for n in low})
+        extra = setup.get("format_costs", {}).get(fmt)
+        if extra:  # measured on the unpruned model: decode work scales with the layers, code and scratch do not
+            est = {**est, "instructions": int(est["instructions"] * extra["instructions_ratio"]),
+                   "flash": est["flash"] + extra["flash_offset"], "ram": est["ram"] + extra["ram_offset"]}
         problem.finetune(model, finetune_epochs, seed)
+        simulate(model, low, fmt, seed)
         value = problem.metric_value(model, "val")
         trial.set_user_attr("worker", worker)
+        trial.set_user_attr("weight_format", fmt)
         trial.set_user_attr("rates", {n: round(r, 4) for n, r in rates.items()})
         trial.set_user_attr("channels", channel_counts(model, layers))
         trial.set_user_attr("ram", est["ram"])
@@ -356,6 +407,8 @@ def open_compress_study(problem: Problem, study_name: str, storage: str | None, 
 
 def first_trial_params(setup: dict) -> dict:
     params = {"criterion": setup["criterion"], "alpha": setup["alpha_min"]}
+    if len(setup.get("weight_formats", [])) > 1:
+        params["weight_format"] = setup["weight_formats"][0]
     params.update({f"offset_{i}": 0.0 for i in range(len(setup["layers"]))})
     return params
 
@@ -388,7 +441,10 @@ def finish(problem: Problem, setup: dict, trial, target, stage: Path, final_epoc
     x, y, groups = problem.data["test"]
     np.save(stage / "test_inputs.npy", x)
     np.save(stage / "test_targets.npy", y)
-    measured = deploy_and_measure(problem, model, target, stage / "lib", calib, export_to=stage / "model.pt2")
+    fmt = trial.user_attrs.get("weight_format", "int8")
+    measured = deploy_and_measure(problem, model, target, stage / "lib", calib, export_to=stage / "model.pt2",
+                                  storage=storage_of(setup, fmt))
+    measured["weight_format"] = fmt
     measured["val"] = problem.metric_value(model, "val")
     measured["rates"] = rates
     measured["channels"] = channel_counts(model, setup["layers"])
@@ -405,7 +461,7 @@ def run_compress(model: str, target_name: str, out: Path | None, data: str | Non
                  criterion: str | None = None, finetune_epochs: int = 2, final_epochs: int = 10,
                  tolerance: float = 0.05, seed: int = 0, ram_size: str | None = None, flash_size: str | None = None,
                  say: Callable[[str], None] = lambda s: None, progress: Callable | None = None,
-                 show_progress: bool = True) -> dict:
+                 show_progress: bool = True, weight_formats: tuple[str, ...] = ("int8",)) -> dict:
     """The whole `mcuforge compress` (see the module doc). Returns the result dict (also report.json)."""
     import tempfile
 
@@ -421,6 +477,9 @@ def run_compress(model: str, target_name: str, out: Path | None, data: str | Non
         raise CompressError(f"unknown --criterion '{criterion}' (choose from {', '.join(CRITERIA)})")
     if trials < 0:
         raise CompressError("--trials must be >= 0")
+    from .weights import check_formats
+
+    weight_formats = tuple(check_formats(list(weight_formats)))
     target = get_target(target_name, ram_size, flash_size)
     if not worker and out is None:
         raise CompressError("give the output directory with -o (only --worker runs need none)")
@@ -444,15 +503,16 @@ def run_compress(model: str, target_name: str, out: Path | None, data: str | Non
     criteria = [crit] if criterion else list(CRITERIA)
     with tempfile.TemporaryDirectory(prefix="mcuforge-compress-") as tmp:
         if setup is None:
-            setup = build_setup(problem, target, budget, criteria, crit, seed, Path(tmp), tolerance, say, progress)
+            setup = build_setup(problem, target, budget, criteria, crit, seed, Path(tmp), tolerance, say, progress,
+                                weight_formats)
             study.set_user_attr(SETUP_ATTR, json.dumps(setup))
             if not study.trials:
                 study.enqueue_trial(first_trial_params(setup))
         else:
             _check_setup(setup, problem, target)
-            if setup["budget"] != budget.to_json():
+            if setup["budget"] != budget.to_json() or setup.get("weight_formats", ["int8"]) != list(weight_formats):
                 raise CompressError(f"study '{study_name}' was started with the budget {setup['budget']}; resume it "
-                                    f"with the same constraints, or use another --study")
+                                    f"with the same constraints and --weight-formats, or use another --study")
             say("resuming the study (set-up from the study)")
         say(f"searching ({trials} trials)")
         ran = run_trials(study, make_objective(problem, setup, finetune_epochs, seed, worker_id()), trials,
