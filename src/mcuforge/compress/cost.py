@@ -1,11 +1,14 @@
 """Cheap, target-calibrated estimates of a pruned model's instructions, flash and RAM.
 
-`mcuforge bench` runs the unpruned model once on the emulated target and gives every IR layer's
-exact instruction count. A conv/fc layer costs about the same number of instructions per MAC
-after pruning (same kernel, fewer channels), so a pruned model's instructions are estimated as
+`mcuforge bench` runs the unpruned model, and a copy with every prunable layer at half width, on the
+emulated target and gives every IR layer's exact instruction count. Each conv/fc layer's count is
+fitted through both points as
 
-    sum over MAC layers (instructions per MAC, measured) x (the pruned layer's MACs)
-  + sum over other layers (measured instructions) x (their input's channel ratio) + call overhead.
+    instructions = a x MACs + b x MACs / out_channels
+
+(the second term: work per output position that does not shrink with the output channels, such as
+im2col), and a pruned model is estimated as the sum of its MAC layers' fits, plus every other layer's
+measured count scaled by its input's channel ratio, plus the call overhead.
 
 The torch model is profiled with forward hooks (no export): its conv/linear modules run in the
 order of the IR's MAC layers (batch norm and activations are folded/fused into them), which is
