@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=ROOT / "results" / "weight_storage.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    console = Console()
+    console = Console(width=170)
     d = args.dir or Path("out") / f"ws_{args.model}"
     if not (d / "model.pt2").is_file():
         subprocess.run([sys.executable, "-m", "mcuforge", "train", args.model, "--preset", "small", "-o", str(d)],
