@@ -211,6 +211,24 @@ def test_twin_equals_host_c(name, model, small_q, residual_q, tmp_path):
     assert changed > 0 or name == "bias"
 
 
+def test_masks_stop_at_activation_bounds_and_pass_back_from_saturation(residual_q):
+    """ReLU's zero and ReLU6's six are real bounds (the error stops); int8 saturation of the output scale
+    is not: an error pointing back into the range passes (a saturated layer can recover)."""
+    from mcuforge.train.fqt import apply_mask
+
+    masks = {b.node: b.mask for b in build_program(residual_q, TrainConfig()).backward}
+    assert masks["c1_1"][2:] == (0, 1)          # ReLU: stops at zero, int8 top is saturation
+    assert masks["dw_1"][2:] == (0, 0)          # ReLU6 calibrated so that six is int8 127: both real
+    assert masks["add"][2:] == (0, 1)
+    assert masks["c2_1"][2:] == (1, 1)          # no activation: both bounds are saturation
+    lo, hi = -128, 127
+    y = np.array([lo, lo, hi, hi, 0, 0])
+    e = np.array([-5, 5, -5, 5, -5, 5])
+    assert apply_mask(e, y, (lo, hi, 1, 1)).tolist() == [-5, 0, 0, 5, -5, 5]
+    assert apply_mask(e, y, (lo, hi, 0, 1)).tolist() == [0, 0, 0, 5, -5, 5]
+    assert apply_mask(e, y, (lo, hi, 0, 0)).tolist() == [0, 0, 0, 0, -5, 5]
+
+
 def test_extreme_learning_rates_and_inputs_stay_defined(small_q, tmp_path):
     """Saturating inputs, huge and tiny step sizes, momentum: no UB (sanitizers), bit-exact, weights in range."""
     x = np.where(np.random.default_rng(0).random((40, 8, 8, 2)) < 0.5, -128, 127).astype(np.int8)

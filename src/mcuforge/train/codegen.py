@@ -257,7 +257,7 @@ class TrainExtension:
                 if b.mask is not None:
                     stats = f"{pre}_t_abs, {pre}_t_sum" if trainable else "NULL, NULL"
                     a(f"{ind}mf_t_mask({E(b.out)}, {ctx.buf(b.out)}, {gm.positions}, {gm.out_c}, {b.mask[0]}, "
-                      f"{b.mask[1]}, {stats});")
+                      f"{b.mask[1]}, {b.mask[2]}, {b.mask[3]}, {stats});")
                 for c in b.contribs:
                     key, cnd = target_key(c), needs(c)
                     i2 = ind + ("    " if cnd else "")
@@ -296,7 +296,8 @@ class TrainExtension:
                       f"{pre}_t_abs, {pre}_t_sum, {xe}, {pre}_t_step, {pre}_t_row);")
             else:
                 if b.mask is not None:
-                    a(f"{ind}mf_t_mask({E(b.out)}, {ctx.buf(b.out)}, {yt.size}, 1, {b.mask[0]}, {b.mask[1]}, NULL, NULL);")
+                    a(f"{ind}mf_t_mask({E(b.out)}, {ctx.buf(b.out)}, {yt.size}, 1, {b.mask[0]}, {b.mask[1]}, "
+                      f"{b.mask[2]}, {b.mask[3]}, NULL, NULL);")
                 for c in b.contribs:
                     key, cnd = target_key(c), needs(c)
                     i2 = ind + ("    " if cnd else "")

@@ -236,8 +236,7 @@ class FQTTrainer:
             y = vals[bn.out]
             ey = err[bn.out].astype(np.int64)
             if bn.mask is not None:
-                lo, hi = bn.mask
-                ey = np.where((y > lo) & (y < hi), ey, 0)
+                ey = apply_mask(ey, y, bn.mask)
             xy = xexp[bn.out]
             needs = [c for c in bn.contribs if deep >= self._J_of_producer(c.tensor)]
             if bn.op in ("conv2d", "fully_connected"):
@@ -401,6 +400,14 @@ def avgpool_backward(e: np.ndarray, in_shape: tuple[int, ...], attrs: dict) -> n
         for ox in range(ow):
             acc[oy * sh:oy * sh + kh, ox * sw:ox * sw + kw] += ee[oy, ox]
     return acc[pt:pt + h, pl:pl + w]
+
+
+def apply_mask(e: np.ndarray, y: np.ndarray, mask: tuple[int, int, int, int]) -> np.ndarray:
+    """The error where the output y sat at a clamp bound is zeroed, unless the bound is only int8
+    saturation (pass flag) and the error points back into the range (program._mask)."""
+    lo, hi, pass_lo, pass_hi = mask
+    keep = ((y > lo) | (bool(pass_lo) & (e < 0))) & ((y < hi) | (bool(pass_hi) & (e > 0)))
+    return np.where(keep, e, 0)
 
 
 # --- dynamic partial updates -------------------------------------------------------------------------

@@ -235,7 +235,7 @@ class BwdNode:
     index: int
     J: int  # runs when the step's deepest visited layer has backward index >= J
     out: str
-    mask: tuple[int, int] | None  # fused clamp / saturation: error passes where lo < y < hi
+    mask: tuple[int, int, int, int] | None  # (lo, hi, pass_lo, pass_hi): see _mask
     layer: int | None  # trainable layer index j, if any
     contribs: list[Contribution] = field(default_factory=list)
     geom: Geometry | None = None  # conv/fc
@@ -290,13 +290,32 @@ class Program:
         raise KeyError(node)
 
 
-def _mask(node: Node, graph: Graph) -> tuple[int, int] | None:
-    """The output range where the error passes: a fused clamp, or int8 saturation of a requantizing op."""
+def _mask(node: Node, graph: Graph) -> tuple[int, int, int, int] | None:
+    """(lo, hi, pass_lo, pass_hi): the error passes where lo < y < hi. At a bound set by a fused activation
+    (ReLU's zero, ReLU6's six) it stops: the true derivative. At a bound that is only int8 saturation of
+    the output scale (pass_* = 1) it passes when it points back into the range (e < 0 at lo, e > 0 at hi;
+    e = dL/dy): a straight-through estimate that lets a step which pushed activations out of their static
+    range pull them back, instead of freezing the layer at saturation."""
     y = graph.tensors[node.outputs[0]]
     has_act = node.attrs.get("act_min") is not None or node.attrs.get("act_max") is not None
     if node.op in ("conv2d", "fully_connected", "add") or has_act:
-        return quantized_activation_range(node, y.quant)
+        lo, hi = quantized_activation_range(node, y.quant)
+        free = Node(node.name, node.op, node.inputs, node.outputs, {})
+        lo8, hi8 = quantized_activation_range(free, y.quant)
+        act_lo = node.attrs.get("act_min") is not None and lo > lo8 or (
+            node.attrs.get("act_min") is not None and lo == lo8 and _act_sets(node, y, "act_min", lo8))
+        act_hi = node.attrs.get("act_max") is not None and hi < hi8 or (
+            node.attrs.get("act_max") is not None and hi == hi8 and _act_sets(node, y, "act_max", hi8))
+        return lo, hi, int(not act_lo), int(not act_hi)
     return None
+
+
+def _act_sets(node: Node, y, key: str, bound: int) -> bool:
+    """Whether the fused activation's bound itself quantizes to the int8 bound (ReLU with zero point
+    -128: its zero is a real bound even though it coincides with int8 saturation)."""
+    f = np.float32(node.attrs[key]) / np.float32(y.quant.s)
+    q = y.quant.zp + int(np.floor(abs(f) + 0.5)) * (1 if f >= 0 else -1)
+    return q <= bound if key == "act_min" else q >= bound
 
 
 def build_program(graph: Graph, config: TrainConfig) -> Program:

@@ -88,7 +88,7 @@ int32_t mf_t_normalize(const int32_t *acc, int8_t *e, int32_t n) {
 
 /* errors pass where lo < y < hi; per-channel sums of |e| and e (optional) */
 void mf_t_mask(int8_t *e, const int8_t *y, int32_t positions, int32_t channels, int32_t lo, int32_t hi,
-               int32_t *abs_sum, int32_t *sum) {
+               int32_t pass_lo, int32_t pass_hi, int32_t *abs_sum, int32_t *sum) {
     int32_t p, c;
     if (abs_sum) {
         memset(abs_sum, 0, (size_t)channels * sizeof(int32_t));
@@ -99,7 +99,7 @@ void mf_t_mask(int8_t *e, const int8_t *y, int32_t positions, int32_t channels, 
         const int8_t *yp = y + p * channels;
         for (c = 0; c < channels; ++c) {
             int32_t v = ep[c];
-            if (yp[c] <= lo || yp[c] >= hi) {
+            if ((yp[c] <= lo && !(pass_lo && v < 0)) || (yp[c] >= hi && !(pass_hi && v > 0))) {
                 v = 0;
                 ep[c] = 0;
             }

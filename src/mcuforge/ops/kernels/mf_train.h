@@ -71,8 +71,10 @@ uint32_t mf_t_hash32(uint32_t x);
 int32_t mf_t_argmax(const int8_t *y, int32_t n);
 
 int32_t mf_t_normalize(const int32_t *acc, int8_t *e, int32_t n);
+/* zero the error where the output sat at a clamp bound; pass_lo/pass_hi: the bound is only int8
+ * saturation, so an error pointing back into the range (e < 0 at lo, e > 0 at hi) passes */
 void mf_t_mask(int8_t *e, const int8_t *y, int32_t positions, int32_t channels, int32_t lo, int32_t hi,
-               int32_t *abs_sum, int32_t *sum);
+               int32_t pass_lo, int32_t pass_hi, int32_t *abs_sum, int32_t *sum);
 void mf_t_merge(int32_t *acc, const int8_t *e, int32_t n, int32_t m, int32_t s, int32_t first);
 void mf_t_ce_grad(const int8_t *prob, int32_t n, int32_t label, int32_t *acc);
 void mf_t_mse_grad(const int8_t *y, const int8_t *target, int32_t n, int32_t *acc);
