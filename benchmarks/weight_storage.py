@@ -10,6 +10,7 @@ k-means of the int8 weights); 2-bit (packed, from the float weights); and, when 
 int4 and 2-bit after quantization-aware fine-tuning (compress.finetune.finetune_low_bit).
 Per variant: flash of the conv/fc weights (portable kernels, compress.storage.weight_flash_bytes),
 accuracy of the numpy integer reference and of host C (with the number of outputs where they differ),
+the reference's accuracy on the model's other held-out splits (val, and new_speakers for keywords),
 and exact instructions per inference on QEMU Cortex-M4 (DSP kernels, `mcuforge bench`), with the
 firmware's model constants (.rodata) and the kernel scratch (RAM) that the DSP decode uses.
 """
@@ -52,8 +53,9 @@ def accuracy(q, x, y) -> tuple[float, np.ndarray, np.ndarray]:
     return float(np.mean(np.argmax(pred, -1) == y)), xq, yq
 
 
-def measure(label: str, q, x, y, work: Path, qemu_samples: int) -> dict:
+def measure(label: str, q, x, y, work: Path, qemu_samples: int, extra: dict) -> dict:
     acc, xq, yq = accuracy(q, x, y)
+    extra_acc = {name: accuracy(q, xe, ye)[0] for name, (xe, ye) in extra.items()}
     lib = work / label
     generate(q, lib)
     y_c = run_host(lib, [xq])[0]
@@ -65,12 +67,27 @@ def measure(label: str, q, x, y, work: Path, qemu_samples: int) -> dict:
     flash = weight_flash_bytes(q)
     return {
         "variant": label, "weight_flash_bytes": int(sum(flash.values())), "per_layer_flash": flash,
-        "accuracy_int8_reference": acc, "accuracy_host_c": acc_c,
+        "accuracy_int8_reference": acc, "accuracy_host_c": acc_c, "accuracy_int8_reference_other_splits": extra_acc,
         "host_c_vs_reference_mismatches": int(np.count_nonzero(y_c != yq)), "outputs_compared": int(yq.size),
         "m4_instructions_per_inference": b["instructions"]["per_inference"],
         "m4_model_constants_bytes": b["flash"]["model_constants"], "m4_scratch_bytes": report["memory"]["scratch_bytes"],
         "m4_layers": [{"name": r["name"], "instructions": r["instructions"]} for r in b["layers"]],
     }
+
+
+def other_splits(d: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The model's val and other held-out splits (e.g. keywords' new_speakers), model inputs and labels."""
+    from mcuforge import data as datasets
+    from mcuforge.zoo import get, model_inputs
+
+    ck = torch.load(d / "model.pt", weights_only=False)
+    spec = get(ck["model"])
+    out = {}
+    for split in datasets.describe()[ck["data"]]["splits"]:
+        if split not in ("train", "test"):
+            ds = datasets.load(ck["data"], split, ck["preset"], seed=ck["seed"])
+            out[split] = (model_inputs(spec, ds.x), ds.y)
+    return out
 
 
 def main() -> None:
@@ -89,6 +106,7 @@ def main() -> None:
                        check=True)
     t0 = time.perf_counter()
     x, y = np.load(d / "test_inputs.npy"), np.load(d / "test_targets.npy")
+    extra = other_splits(d)
     graph = load_pt2(d / "model.pt2")
     calib = [to_ir_layout(graph, graph.inputs[0], np.load(d / "calib.npy"))]
     q8 = quantize(graph, calib)
@@ -111,21 +129,24 @@ def main() -> None:
         for label, q in variants:
             console.print(f"[dim]{label} ...[/]")
             rows.append(measure(label.split(" (")[0].replace(" ", "_").replace("+", "").replace("__", "_"), q, x, y,
-                                Path(tmp), args.qemu_samples) | {"label": label})
+                                Path(tmp), args.qemu_samples, extra) | {"label": label})
     base = rows[0]
     table = Table(title=f"{args.model} on its test split ({len(y)} samples): compressed weight storage")
-    for col in ("weights", "weight flash B", "vs int8", "int8 ref acc", "host C acc", "C == ref",
+    names = "/".join(extra)
+    for col in ("weights", "weight flash B", "vs int8", "int8 ref acc", "host C acc", "C == ref", f"ref acc {names}",
                 "M4 instr/inference", "vs int8", "M4 .rodata B", "scratch B"):
         table.add_column(col, justify="left" if col == "weights" else "right")
     for r in rows:
         table.add_row(r["label"], f"{r['weight_flash_bytes']:,}", f"{base['weight_flash_bytes'] / r['weight_flash_bytes']:.2f}x",
                       f"{100 * r['accuracy_int8_reference']:.2f}%", f"{100 * r['accuracy_host_c']:.2f}%",
                       "yes" if r["host_c_vs_reference_mismatches"] == 0 else f"NO ({r['host_c_vs_reference_mismatches']})",
-                      f"{r['m4_instructions_per_inference']:,}",
+                      " / ".join(f"{100 * v:.2f}%" for v in r["accuracy_int8_reference_other_splits"].values()),
+                      f"{r['m4_instructions_per_inference']:,.0f}",
                       f"{r['m4_instructions_per_inference'] / base['m4_instructions_per_inference']:.2f}x",
                       f"{r['m4_model_constants_bytes']:,}", f"{r['m4_scratch_bytes']:,}")
     console.print(table)
     result = {"model": args.model, "dir": str(d), "test_samples": int(len(y)), "qat_epochs": args.qat_epochs,
+              "other_splits": {k: int(len(v[1])) for k, v in extra.items()},
               "python": platform.python_version(), "wall_s": time.perf_counter() - t0, "rows": rows}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
