@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import McuforgeError
 from ..ir.graph import Graph, Node
+from ..ops.dsp import dsp_weight_bytes
 from ..ops.weight_storage import (MAX_CODEBOOK, PACKED_RANGE, WEIGHT_OPS, encode_weights, is_compressed,
                                   weight_storage)
 
@@ -179,17 +180,10 @@ def weight_flash_bytes(graph: Graph, target=None) -> dict[str, int]:
         if is_compressed(node):
             out[node.name] = encode_weights(node, graph).nbytes
         elif target is not None and target.has_dsp:
-            out[node.name] = _dsp_int8_weight_bytes(node, graph)
+            out[node.name] = dsp_weight_bytes(node, graph)
         else:
             out[node.name] = graph.tensors[node.inputs[1]].nbytes
     return out
-
-
-def _dsp_int8_weight_bytes(node: Node, graph: Graph) -> int:
-    """Size of the int8 weight words the DSP emitters (ops/dsp.py) write."""
-    from ..ops.dsp import dsp_weight_bytes
-
-    return dsp_weight_bytes(node, graph)
 
 
 def parse_layer_values(text: str, layers: list[str], what: str) -> dict[str, int]:
