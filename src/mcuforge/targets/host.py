@@ -73,33 +73,47 @@ def cache_dir() -> Path:
     return Path(base)
 
 
-def build_runner(lib_dir: str | Path, sanitize: bool = False) -> Path:
+def compile_with_main(lib_dir: str | Path, main_name: str, main_src: bytes, flags: list[str], what: str) -> Path:
+    """Compile the library's sources with one runner main into a cached host executable (keyed by the
+    sources, the main, the compiler and the flags); `what` names it in the cache and in errors."""
     lib_dir = Path(lib_dir)
-    report = load_report(lib_dir)
-    prefix = report["prefix"]
-    sources = sorted(p for p in lib_dir.glob("*.c"))
+    sources = sorted(lib_dir.glob("*.c"))
     headers = sorted(lib_dir.glob("*.h"))
-    runner_src = RUNNER_C.format(prefix=prefix, PREFIX=prefix.upper())
-    flags = SANITIZE_FLAGS if sanitize else CFLAGS
     cc = find_compiler()
-    h = hashlib.sha256(runner_src.encode() + " ".join([cc] + flags).encode())
+    h = hashlib.sha256(main_src + " ".join([cc] + flags).encode())
     for p in sources + headers:
         h.update(p.name.encode() + p.read_bytes())
     build = cache_dir() / "host"
-    exe = build / f"runner-{h.hexdigest()[:16]}"
+    exe = build / f"{what.replace(' ', '-')}-{h.hexdigest()[:16]}"
     if exe.exists():
         return exe
     build.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=build) as tmp:
-        main_c = Path(tmp) / "runner_main.c"
-        main_c.write_text(runner_src)
+        main_c = Path(tmp) / main_name
+        main_c.write_bytes(main_src)
         out = Path(tmp) / "runner"
         cmd = [cc, *flags, "-I", str(lib_dir), *map(str, sources), str(main_c), "-o", str(out)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise ToolchainError(f"host build failed ({' '.join(cmd[:1] + flags)}):\n{proc.stderr.strip()}")
+            raise ToolchainError(f"host build of the {what} failed ({' '.join(cmd[:1] + flags)}):\n"
+                                 f"{proc.stderr.strip()[-4000:]}")
         os.replace(out, exe)
     return exe
+
+
+def build_firmware_main(lib_dir: str | Path, main_name: str, what: str, sanitize: bool = False) -> Path:
+    """A runner main of targets/firmware/ (they also build for the host with -DMF_HOST) with the library."""
+    from .cortex_m import FIRMWARE_DIR
+
+    flags = [*(SANITIZE_FLAGS if sanitize else CFLAGS), "-DMF_HOST"]
+    return compile_with_main(lib_dir, main_name, (FIRMWARE_DIR / main_name).read_bytes(), flags, what)
+
+
+def build_runner(lib_dir: str | Path, sanitize: bool = False) -> Path:
+    prefix = load_report(Path(lib_dir))["prefix"]
+    runner_src = RUNNER_C.format(prefix=prefix, PREFIX=prefix.upper())
+    return compile_with_main(lib_dir, "runner_main.c", runner_src.encode(), SANITIZE_FLAGS if sanitize else CFLAGS,
+                             "runner")
 
 
 def run_host(lib_dir: str | Path, inputs: list[np.ndarray], sanitize: bool = False,

@@ -7,7 +7,6 @@ Every runner returns a TrainRun: the prediction before each step, the trained pa
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import subprocess
@@ -168,33 +167,9 @@ def run_train_reference(lib_dir: str | Path, x: np.ndarray, labels: np.ndarray, 
 # --- host -----------------------------------------------------------------------------------------------
 
 def build_host_runner(lib_dir: str | Path, sanitize: bool = False) -> Path:
-    from ..targets.cortex_m import FIRMWARE_DIR
-    from ..targets.host import CFLAGS, SANITIZE_FLAGS, cache_dir, find_compiler
+    from ..targets.host import build_firmware_main
 
-    lib_dir = Path(lib_dir)
-    main = (FIRMWARE_DIR / "mf_train_main.c").read_bytes()
-    sources = sorted(lib_dir.glob("*.c"))
-    headers = sorted(lib_dir.glob("*.h"))
-    flags = [*(SANITIZE_FLAGS if sanitize else CFLAGS), "-DMF_HOST"]
-    cc = find_compiler()
-    h = hashlib.sha256(main + " ".join([cc] + flags).encode())
-    for p in sources + headers:
-        h.update(p.name.encode() + p.read_bytes())
-    build = cache_dir() / "host"
-    exe = build / f"train-runner-{h.hexdigest()[:16]}"
-    if exe.exists():
-        return exe
-    build.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=build) as tmp:
-        main_c = Path(tmp) / "mf_train_main.c"
-        main_c.write_bytes(main)
-        out = Path(tmp) / "runner"
-        cmd = [cc, *flags, "-I", str(lib_dir), *map(str, sources), str(main_c), "-o", str(out)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise ToolchainError(f"host build of the training runner failed:\n{proc.stderr.strip()[-4000:]}")
-        os.replace(out, exe)
-    return exe
+    return build_firmware_main(lib_dir, "mf_train_main.c", "training runner", sanitize)
 
 
 def _files(tmp: Path, report: dict, x, labels, dump_every: int) -> None:
