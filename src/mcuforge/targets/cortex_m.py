@@ -38,6 +38,7 @@ from .table import Target, format_size, get_target, target_from_json
 
 FIRMWARE_DIR = resources.files("mcuforge") / "targets" / "firmware"
 FIRMWARE_SOURCES = ("mf_startup.c", "mf_fw_main.c")
+FIRMWARE_HEADERS = ("mf_runner.h",)  # included by every runner main
 CFLAGS = ("-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-ffunction-sections", "-fdata-sections")
 LDFLAGS = ("-nostartfiles", "--specs=nano.specs", "--specs=rdimon.specs", "-Wl,--gc-sections")
 STACK_BYTES = 4096  # the firmware's stack (inference and runner); the measured high-water is reported
@@ -292,7 +293,7 @@ def build_firmware(lib_dir: str | Path, target: Target, profile: bool = False,
     for p in lib_sources + headers:
         h.update(p.name.encode() + b"\0" + p.read_bytes())
     fw_names = (FIRMWARE_SOURCES[0], main)
-    for name in fw_names:
+    for name in fw_names + FIRMWARE_HEADERS:
         h.update(name.encode() + b"\0" + (FIRMWARE_DIR / name).read_bytes())
     key = h.hexdigest()[:16]
     out = cache_dir() / "cortex-m" / f"{target.core.name}-{'prof-' if profile else ''}{key}"
@@ -308,6 +309,8 @@ def build_firmware(lib_dir: str | Path, target: Target, profile: bool = False,
             for name in fw_names:
                 shutil.copyfile(FIRMWARE_DIR / name, tmp / name)
                 fw_sources.append(tmp / name)
+            for name in FIRMWARE_HEADERS:
+                shutil.copyfile(FIRMWARE_DIR / name, tmp / name)
             _compile_all(gcc, cflags, lib_sources + fw_sources, [lib_dir, tmp], tmp, target)
             objects = [f"{p.stem}.o" for p in lib_sources + fw_sources]
             link_cmd = [gcc, *cflags, *LDFLAGS, "-T", "fw.ld", "-Wl,-Map=fw.map", *objects, "-o", "fw.elf"]

@@ -73,9 +73,12 @@ def cache_dir() -> Path:
     return Path(base)
 
 
-def compile_with_main(lib_dir: str | Path, main_name: str, main_src: bytes, flags: list[str], what: str) -> Path:
-    """Compile the library's sources with one runner main into a cached host executable (keyed by the
-    sources, the main, the compiler and the flags); `what` names it in the cache and in errors."""
+def compile_with_main(lib_dir: str | Path, main_name: str, main_src: bytes, flags: list[str], what: str,
+                      headers_beside: dict[str, bytes] | None = None) -> Path:
+    """Compile the library's sources with one runner main (and the headers it includes from beside it)
+    into a cached host executable, keyed by all of them, the compiler and the flags; `what` names it in
+    the cache and in errors."""
+    headers_beside = headers_beside or {}
     lib_dir = Path(lib_dir)
     sources = sorted(lib_dir.glob("*.c"))
     headers = sorted(lib_dir.glob("*.h"))
@@ -83,6 +86,8 @@ def compile_with_main(lib_dir: str | Path, main_name: str, main_src: bytes, flag
     h = hashlib.sha256(main_src + " ".join([cc] + flags).encode())
     for p in sources + headers:
         h.update(p.name.encode() + p.read_bytes())
+    for name, text in sorted(headers_beside.items()):
+        h.update(name.encode() + text)
     build = cache_dir() / "host"
     exe = build / f"{what.replace(' ', '-')}-{h.hexdigest()[:16]}"
     if exe.exists():
@@ -91,6 +96,8 @@ def compile_with_main(lib_dir: str | Path, main_name: str, main_src: bytes, flag
     with tempfile.TemporaryDirectory(dir=build) as tmp:
         main_c = Path(tmp) / main_name
         main_c.write_bytes(main_src)
+        for name, text in headers_beside.items():
+            (Path(tmp) / name).write_bytes(text)
         out = Path(tmp) / "runner"
         cmd = [cc, *flags, "-I", str(lib_dir), *map(str, sources), str(main_c), "-o", str(out)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -103,10 +110,11 @@ def compile_with_main(lib_dir: str | Path, main_name: str, main_src: bytes, flag
 
 def build_firmware_main(lib_dir: str | Path, main_name: str, what: str, sanitize: bool = False) -> Path:
     """A runner main of targets/firmware/ (they also build for the host with -DMF_HOST) with the library."""
-    from .cortex_m import FIRMWARE_DIR
+    from .cortex_m import FIRMWARE_DIR, FIRMWARE_HEADERS
 
     flags = [*(SANITIZE_FLAGS if sanitize else CFLAGS), "-DMF_HOST"]
-    return compile_with_main(lib_dir, main_name, (FIRMWARE_DIR / main_name).read_bytes(), flags, what)
+    return compile_with_main(lib_dir, main_name, (FIRMWARE_DIR / main_name).read_bytes(), flags, what,
+                             {name: (FIRMWARE_DIR / name).read_bytes() for name in FIRMWARE_HEADERS})
 
 
 def build_runner(lib_dir: str | Path, sanitize: bool = False) -> Path:

@@ -18,68 +18,12 @@
 
 #include "mf_eenn_api.h" /* generated with the library: MF_EENN_* aliases of its API */
 
-#ifndef MF_HOST
-extern uint32_t __stack_limit, __stack_top;
-uint32_t mf_stack_used(void);
-uint32_t mf_stack_size(void);
-
-#define MF_MARKER __attribute__((noipa, used))
-MF_MARKER void mf_mark_calibrate(void) { __asm__ volatile("" ::: "memory"); }
-MF_MARKER void mf_mark_begin(void) { __asm__ volatile("" ::: "memory"); }
-MF_MARKER void mf_mark_end(void) { __asm__ volatile("" ::: "memory"); }
-MF_MARKER void mf_layer_mark(void) { __asm__ volatile("" ::: "memory"); }
-
-#define MF_PAINT 0xC5C5C5C5u
-
-static inline __attribute__((always_inline, unused)) void paint_free_stack(void) {
-    volatile uint32_t *p = &__stack_limit;
-    uint32_t *sp;
-    __asm__ volatile("mov %0, sp" : "=r"(sp));
-    sp -= 2;
-    while (p < sp) *p++ = MF_PAINT;
-}
-
-static __attribute__((unused)) uint32_t current_sp(void) {
-    uint32_t sp;
-    __asm__ volatile("mov %0, sp" : "=r"(sp));
-    return sp;
-}
-#define MARK_BEGIN() mf_mark_begin()
-#define MARK_END() mf_mark_end()
-#else
-#define MARK_BEGIN() ((void)0)
-#define MARK_END() ((void)0)
-#endif
+#define MF_RUNNER_NAME "mcuforge early-exit runner"
+#include "mf_runner.h"
 
 static int8_t mf_input[MF_EENN_INPUT_SIZE];
 static uint8_t mf_record[12 + MF_EENN_NUM_EXITS * MF_EENN_NUM_CLASSES];
 static int32_t mf_thresholds[MF_EENN_NUM_THRESHOLDS];
-
-static void put(int fd, const char *s) { (void)!write(fd, s, strlen(s)); }
-
-static void put_u32(char **at, uint32_t v) {
-    char tmp[11];
-    int n = 0;
-    do { tmp[n++] = (char)('0' + v % 10); v /= 10; } while (v);
-    while (n) *(*at)++ = tmp[--n];
-}
-
-static __attribute__((noreturn)) void fail(const char *what) {
-    put(2, "mcuforge early-exit runner: ");
-    put(2, what);
-    put(2, "\n");
-    _exit(3);
-}
-
-static int32_t read_full(int fd, void *dst, int32_t size) {
-    int32_t got = 0;
-    while (got < size) {
-        int r = (int)read(fd, (char *)dst + got, (size_t)(size - got));
-        if (r <= 0) break;
-        got += r;
-    }
-    return got;
-}
 
 static void write_record(int fd, int32_t cls, int32_t exit_taken) {
     uint32_t mask = MF_EENN_EVALUATED();
@@ -101,7 +45,6 @@ int main(void) {
     int fout = open("mf_eenn_out.bin", O_WRONLY | O_CREAT | O_TRUNC, 0644);
     int32_t mode = 0, kind = 0, n_thresholds = 0;
     uint32_t samples = 0, stack_invoke = 0, stack_peak = 0, size = 0;
-    char line[112], *at = line;
 #ifdef MF_EENN_SINGLE
     MF_EENN_STATE state;
 #endif
@@ -173,16 +116,6 @@ int main(void) {
     size = mf_stack_size();
     if (stack_peak >= size) fail("stack overflow: the program used all of its stack");
 #endif
-    memcpy(at, "MF_STATS samples=", 17); at += 17;
-    put_u32(&at, samples);
-    memcpy(at, " stack_invoke=", 14); at += 14;
-    put_u32(&at, stack_invoke);
-    memcpy(at, " stack_peak=", 12); at += 12;
-    put_u32(&at, stack_peak);
-    memcpy(at, " stack_size=", 12); at += 12;
-    put_u32(&at, size);
-    *at++ = '\n';
-    *at = 0;
-    put(1, line);
+    put_stats(samples, "stack_invoke", stack_invoke, stack_peak, size);
     return 0;
 }

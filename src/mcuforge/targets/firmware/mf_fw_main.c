@@ -21,65 +21,12 @@
 
 #include "mf_fw_model.h" /* generated: the model header and MF_* aliases of its API */
 
-extern uint32_t __stack_limit, __stack_top;
-uint32_t mf_stack_used(void);
-uint32_t mf_stack_size(void);
-
-/* noipa: never inlined, cloned or folded together (identical bodies keep identical costs). */
-#define MF_MARKER __attribute__((noipa, used))
-MF_MARKER void mf_mark_calibrate(void) { __asm__ volatile("" ::: "memory"); }
-MF_MARKER void mf_mark_begin(void) { __asm__ volatile("" ::: "memory"); }
-MF_MARKER void mf_mark_end(void) { __asm__ volatile("" ::: "memory"); }
-MF_MARKER void mf_layer_mark(void) { __asm__ volatile("" ::: "memory"); }
-
-#define MF_PAINT 0xC5C5C5C5u
-
-/* Paint the free stack below the caller's frame (inlined: no frame of its own). */
-static inline __attribute__((always_inline)) void paint_free_stack(void) {
-    volatile uint32_t *p = &__stack_limit; /* volatile: no memset call, whose frame would be painted over */
-    uint32_t *sp;
-    __asm__ volatile("mov %0, sp" : "=r"(sp));
-    sp -= 2;
-    while (p < sp) *p++ = MF_PAINT;
-}
-
-static uint32_t current_sp(void) {
-    uint32_t sp;
-    __asm__ volatile("mov %0, sp" : "=r"(sp));
-    return sp;
-}
-
-static void put(int fd, const char *s) { write(fd, s, strlen(s)); }
-
-static void put_u32(char **at, uint32_t v) {
-    char tmp[11];
-    int n = 0;
-    do { tmp[n++] = (char)('0' + v % 10); v /= 10; } while (v);
-    while (n) *(*at)++ = tmp[--n];
-}
-
-static __attribute__((noreturn)) void fail(const char *what) {
-    put(2, "mcuforge firmware: ");
-    put(2, what);
-    put(2, "\n");
-    _exit(3);
-}
-
-/* Read exactly `size` bytes; returns the number read (less only at end of file). */
-static int32_t read_full(int fd, int8_t *dst, int32_t size) {
-    int32_t got = 0;
-    while (got < size) {
-        int r = read(fd, dst + got, (size_t)(size - got));
-        if (r <= 0) break;
-        got += r;
-    }
-    return got;
-}
+#define MF_RUNNER_NAME "mcuforge firmware"
+#include "mf_runner.h"
 
 int main(void) {
     int fin = open("mf_in.bin", O_RDONLY), fout = open("mf_out.bin", O_WRONLY | O_CREAT | O_TRUNC, 0644);
     uint32_t samples = 0, stack_invoke = 0, stack_peak = 0;
-    char line[96], *at = line;
     if (fin < 0) fail("cannot open mf_in.bin (semihosting)");
     if (fout < 0) fail("cannot open mf_out.bin (semihosting)");
     MF_INIT();
@@ -114,16 +61,6 @@ done:
     close(fin);
     close(fout);
     if (stack_peak >= mf_stack_size()) fail("stack overflow: the program used all of its stack");
-    memcpy(at, "MF_STATS samples=", 17); at += 17;
-    put_u32(&at, samples);
-    memcpy(at, " stack_invoke=", 14); at += 14;
-    put_u32(&at, stack_invoke);
-    memcpy(at, " stack_peak=", 12); at += 12;
-    put_u32(&at, stack_peak);
-    memcpy(at, " stack_size=", 12); at += 12;
-    put_u32(&at, mf_stack_size());
-    *at++ = '\n';
-    *at = 0;
-    put(1, line);
+    put_stats(samples, "stack_invoke", stack_invoke, stack_peak, mf_stack_size());
     return 0;
 }

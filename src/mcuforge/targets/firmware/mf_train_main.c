@@ -16,33 +16,8 @@
 
 #include "mf_train_api.h" /* generated with the library: MF_TRAIN_* aliases of its training API */
 
-#ifndef MF_HOST
-extern uint32_t __stack_limit, __stack_top;
-uint32_t mf_stack_used(void);
-uint32_t mf_stack_size(void);
-
-#define MF_MARKER __attribute__((noipa, used))
-MF_MARKER void mf_mark_calibrate(void) { __asm__ volatile("" ::: "memory"); }
-MF_MARKER void mf_mark_begin(void) { __asm__ volatile("" ::: "memory"); }
-MF_MARKER void mf_mark_end(void) { __asm__ volatile("" ::: "memory"); }
-MF_MARKER void mf_layer_mark(void) { __asm__ volatile("" ::: "memory"); }
-
-#define MF_PAINT 0xC5C5C5C5u
-
-static inline __attribute__((always_inline)) void paint_free_stack(void) {
-    volatile uint32_t *p = &__stack_limit;
-    uint32_t *sp;
-    __asm__ volatile("mov %0, sp" : "=r"(sp));
-    sp -= 2;
-    while (p < sp) *p++ = MF_PAINT;
-}
-
-static uint32_t current_sp(void) {
-    uint32_t sp;
-    __asm__ volatile("mov %0, sp" : "=r"(sp));
-    return sp;
-}
-#endif
+#define MF_RUNNER_NAME "mcuforge training runner"
+#include "mf_runner.h"
 
 static int8_t mf_input[MF_TRAIN_INPUT_SIZE];
 #if MF_TRAIN_LOSS_CE
@@ -50,32 +25,6 @@ static int32_t mf_label;
 #else
 static int8_t mf_target[MF_TRAIN_LABEL_SIZE];
 #endif
-
-static void put(int fd, const char *s) { (void)!write(fd, s, strlen(s)); }
-
-static void put_u32(char **at, uint32_t v) {
-    char tmp[11];
-    int n = 0;
-    do { tmp[n++] = (char)('0' + v % 10); v /= 10; } while (v);
-    while (n) *(*at)++ = tmp[--n];
-}
-
-static __attribute__((noreturn)) void fail(const char *what) {
-    put(2, "mcuforge training runner: ");
-    put(2, what);
-    put(2, "\n");
-    _exit(3);
-}
-
-static int32_t read_full(int fd, void *dst, int32_t size) {
-    int32_t got = 0;
-    while (got < size) {
-        int r = (int)read(fd, (char *)dst + got, (size_t)(size - got));
-        if (r <= 0) break;
-        got += r;
-    }
-    return got;
-}
 
 static void write_full(int fd, const void *src, int32_t size) {
     if (size > 0 && write(fd, src, (size_t)size) != size) fail("cannot write an output file");
@@ -99,7 +48,6 @@ int main(void) {
     int fstate = open("mf_train_state.bin", O_WRONLY | O_CREAT | O_TRUNC, 0644);
     int32_t dump_every = 0;
     uint32_t samples = 0, stack_step = 0, stack_peak = 0, size = 0;
-    char line[112], *at = line;
     if (fcfg < 0 || fin < 0 || fout < 0 || fstate < 0) fail("cannot open the runner's files");
     if (read_full(fcfg, &dump_every, 4) != 4) fail("mf_train_cfg.bin is too short");
     close(fcfg);
@@ -149,16 +97,6 @@ int main(void) {
     size = mf_stack_size();
     if (stack_peak >= size) fail("stack overflow: the program used all of its stack");
 #endif
-    memcpy(at, "MF_STATS samples=", 17); at += 17;
-    put_u32(&at, samples);
-    memcpy(at, " stack_step=", 12); at += 12;
-    put_u32(&at, stack_step);
-    memcpy(at, " stack_peak=", 12); at += 12;
-    put_u32(&at, stack_peak);
-    memcpy(at, " stack_size=", 12); at += 12;
-    put_u32(&at, size);
-    *at++ = '\n';
-    *at = 0;
-    put(1, line);
+    put_stats(samples, "stack_step", stack_step, stack_peak, size);
     return 0;
 }
