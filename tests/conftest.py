@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -44,3 +46,20 @@ def small_cnn() -> Graph:
 @pytest.fixture
 def calib_nhwc() -> np.ndarray:
     return np.random.default_rng(1).normal(size=(64, 8, 8, 2)).astype(np.float32)
+
+
+def run_mcuforge(capsys, *args) -> tuple[int, str, str]:
+    """Run the `mcuforge` command in-process: (exit code, stdout, stderr)."""
+    from mcuforge import cli
+
+    old = sys.argv
+    sys.argv = ["mcuforge", *map(str, args)]
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = old
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mcuforge import cli
+from conftest import run_mcuforge
 from mcuforge.ir import load_graph, save_graph
 
 
-def mcuforge(capsys, *args: str) -> tuple[int, str, str]:
-    old = sys.argv
-    sys.argv = ["mcuforge", *map(str, args)]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, out.out, out.err
+mcuforge = run_mcuforge
 
 
 @pytest.fixture

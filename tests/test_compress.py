@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mcuforge import cli
+from conftest import run_mcuforge
 from mcuforge.compress import CompressError
 from mcuforge.compress.cost import CostModel, profile
 from mcuforge.compress.importance import channel_importance, prunable_layers
@@ -29,18 +29,7 @@ from mcuforge.zoo.models import DSCNN
 torch.set_num_threads(1)
 
 
-def mcuforge(capsys, *args) -> tuple[int, str, str]:
-    old = sys.argv
-    sys.argv = ["mcuforge", *map(str, args)]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, out.out, out.err
+mcuforge = run_mcuforge
 
 
 def small_net(dead: int = 2) -> nn.Module:

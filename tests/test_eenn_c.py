@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import run_mcuforge
 from _graphs import Builder
-from mcuforge import cli, reference
+from mcuforge import reference
 from mcuforge.eenn.codegen import generate_eenn, plan_devices
 from mcuforge.eenn.decisions import ENTROPY_Q12, Decision, simulate
 from mcuforge.eenn.measure import measure_exit_costs
@@ -234,18 +234,7 @@ def test_devices_chained_equal_single_library(eenn, tmp_path):
     assert (out / "device1" / "tiny_d1_eenn.h").read_text().count("tiny_d1_continue") >= 2
 
 
-def mcuforge(capsys, *args) -> tuple[int, str, str]:
-    old = sys.argv
-    sys.argv = ["mcuforge", *map(str, args)]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, out.out, out.err
+mcuforge = run_mcuforge
 
 
 def test_cli_deploy_run_bench(eenn, tmp_path, capsys):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import run_mcuforge
 from mcuforge import reference
 from mcuforge.errors import InputError
 from mcuforge.frontends import to_ir_layout
@@ -88,19 +89,8 @@ def test_tiny_qat_on_digits_deploys_bit_exact(tmp_path):
 
 
 def _mcuforge(capsys, *args) -> tuple[int, str]:
-    import sys
-
-    from mcuforge import cli
-
-    old, sys.argv = sys.argv, ["mcuforge", *map(str, args)]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = old
-    return code, capsys.readouterr().err
+    code, _, err = run_mcuforge(capsys, *args)
+    return code, err
 
 
 def test_cli_deploys_frozen_pt2_and_refuses_packed_int4(tmp_path, capsys):

@@ -4,13 +4,14 @@ train (a couple of steps) -> export -> quantize -> C library -> host C == intege
 from __future__ import annotations
 
 import json
-import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from mcuforge import cli, reference, zoo
+from conftest import run_mcuforge
+from mcuforge import reference, zoo
 from mcuforge.codegen import generate
 from mcuforge.errors import UnsupportedOpError
 from mcuforge.frontends.torch import from_torch
@@ -164,16 +165,8 @@ def test_train_quantize_deploy_run(tmp_path, name):
 
 def test_cli_train_then_deploy(tmp_path, capsys):
     def mcuforge(*args):
-        old = sys.argv
-        sys.argv = ["mcuforge", *map(str, args)]
-        try:
-            cli.main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        finally:
-            sys.argv = old
-        return code, capsys.readouterr()
+        code, out, err = run_mcuforge(capsys, *args)
+        return code, SimpleNamespace(out=out, err=err)
 
     out = tmp_path / "ecg"
     code, io = mcuforge("train", "ecg_cnn", "--preset", "tiny", "--max-steps", "2", "-o", out)
