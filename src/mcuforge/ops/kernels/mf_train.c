@@ -291,33 +291,34 @@ void mf_t_update(const mf_t_geom *g, const mf_t_layer *L, const mf_t_opts *opt, 
     }
 }
 
-/* each output's error goes to the first maximum of its window (scan order ky, kx) */
-void mf_t_maxpool_backward(const mf_pool_params *p, const int8_t *x, const int8_t *e, int32_t *acc) {
-    int32_t oy, ox, c, ky, kx;
-    memset(acc, 0, (size_t)(p->in_h * p->in_w * p->channels) * sizeof(int32_t));
-    for (oy = 0; oy < p->out_h; ++oy) {
-        for (ox = 0; ox < p->out_w; ++ox) {
-            for (c = 0; c < p->channels; ++c) {
-                int32_t best = -1000, at = 0;
-                for (ky = 0; ky < p->k_h; ++ky) {
-                    const int32_t iy = oy * p->stride_h - p->pad_top + ky;
-                    if (iy < 0 || iy >= p->in_h) continue;
-                    for (kx = 0; kx < p->k_w; ++kx) {
-                        const int32_t ix = ox * p->stride_w - p->pad_left + kx;
-                        int32_t v, i;
-                        if (ix < 0 || ix >= p->in_w) continue;
-                        i = (iy * p->in_w + ix) * p->channels + c;
-                        v = x[i];
-                        if (v > best) {
-                            best = v;
-                            at = i;
-                        }
-                    }
-                }
-                acc[at] += e[(oy * p->out_w + ox) * p->channels + c];
+/* index into x of the first maximum of output (oy, ox)'s window in channel c (scan order ky, kx) */
+static int32_t mf_t_window_argmax(const mf_pool_params *p, const int8_t *x, int32_t oy, int32_t ox, int32_t c) {
+    int32_t best = -1000, at = 0, ky, kx;
+    for (ky = 0; ky < p->k_h; ++ky) {
+        const int32_t iy = oy * p->stride_h - p->pad_top + ky;
+        if (iy < 0 || iy >= p->in_h) continue;
+        for (kx = 0; kx < p->k_w; ++kx) {
+            const int32_t ix = ox * p->stride_w - p->pad_left + kx;
+            int32_t i;
+            if (ix < 0 || ix >= p->in_w) continue;
+            i = (iy * p->in_w + ix) * p->channels + c;
+            if (x[i] > best) {
+                best = x[i];
+                at = i;
             }
         }
     }
+    return at;
+}
+
+/* each output's error goes to the first maximum of its window (scan order ky, kx) */
+void mf_t_maxpool_backward(const mf_pool_params *p, const int8_t *x, const int8_t *e, int32_t *acc) {
+    int32_t oy, ox, c;
+    memset(acc, 0, (size_t)(p->in_h * p->in_w * p->channels) * sizeof(int32_t));
+    for (oy = 0; oy < p->out_h; ++oy)
+        for (ox = 0; ox < p->out_w; ++ox)
+            for (c = 0; c < p->channels; ++c)
+                acc[mf_t_window_argmax(p, x, oy, ox, c)] += e[(oy * p->out_w + ox) * p->channels + c];
 }
 
 /* every input receives the errors of the windows that contain it (1/count is in the static scale) */
@@ -416,30 +417,12 @@ int32_t mf_t_plan(int32_t J, const int32_t *est, const int32_t *pen, const int32
 
 /* non-overlapping windows: the int8 error goes to the first maximum of its window, zeros elsewhere */
 void mf_t_maxpool_backward8(const mf_pool_params *p, const int8_t *x, const int8_t *e, int8_t *ex) {
-    int32_t oy, ox, c, ky, kx;
+    int32_t oy, ox, c;
     memset(ex, 0, (size_t)(p->in_h * p->in_w * p->channels));
-    for (oy = 0; oy < p->out_h; ++oy) {
-        for (ox = 0; ox < p->out_w; ++ox) {
-            for (c = 0; c < p->channels; ++c) {
-                int32_t best = -1000, at = 0;
-                for (ky = 0; ky < p->k_h; ++ky) {
-                    const int32_t iy = oy * p->stride_h - p->pad_top + ky;
-                    if (iy < 0 || iy >= p->in_h) continue;
-                    for (kx = 0; kx < p->k_w; ++kx) {
-                        const int32_t ix = ox * p->stride_w - p->pad_left + kx;
-                        int32_t i;
-                        if (ix < 0 || ix >= p->in_w) continue;
-                        i = (iy * p->in_w + ix) * p->channels + c;
-                        if (x[i] > best) {
-                            best = x[i];
-                            at = i;
-                        }
-                    }
-                }
-                ex[at] = e[(oy * p->out_w + ox) * p->channels + c];
-            }
-        }
-    }
+    for (oy = 0; oy < p->out_h; ++oy)
+        for (ox = 0; ox < p->out_w; ++ox)
+            for (c = 0; c < p->channels; ++c)
+                ex[mf_t_window_argmax(p, x, oy, ox, c)] = e[(oy * p->out_w + ox) * p->channels + c];
 }
 
 /* non-overlapping windows: every input receives its window's error (zeros outside every window) */
