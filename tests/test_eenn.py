@@ -42,6 +42,38 @@ def trained(tmp_path_factory):
     return d, bb, aug, costs, val, test
 
 
+def test_difference_detection_rules():
+    """A new scene is detected by distance or by a class change at exit 0; the reference is kept over
+    the scene (not tracked frame to frame)."""
+    from mcuforge.eenn.decisions import simulate
+
+    u0 = np.array([[200, 56, 0], [190, 66, 0], [120, 136, 0], [120, 136, 0], [60, 196, 0], [60, 180, 16]])
+    final = np.array([[0, 255, 0]] * 2 + [[255, 0, 0]] * 4)
+    got = [(o.cls, o.exit) for o in simulate(Decision("difference", [40]), [u0, final])]
+    # 0: first sample, full. 1: distance 20, same class: the reference's answer. 2: class 1 at exit 0 (distance
+    # 160 too) -> full. 3: identical. 4: distance 120 -> full. 5: distance 32, same class -> reference
+    assert got == [(1, 1), (1, 0), (0, 1), (0, 0), (0, 1), (0, 0)]
+    # a class change alone (distance 4 <= T) is a new scene too
+    near = np.array([[130, 126, 0], [126, 130, 0]])
+    got = [(o.cls, o.exit) for o in simulate(Decision("difference", [40]), [near, final[:2]])]
+    assert got == [(1, 1), (1, 1)]
+
+
+def test_loss_bound_counts_scenes():
+    """Errors bunched in one scene are less certain than the same number spread over many: the bound says so."""
+    from mcuforge.eenn.search import loss_bound
+
+    scene = np.repeat(np.arange(50), 10)
+    ref = np.ones(500, bool)
+    assert loss_bound(ref.copy(), ref, scene) == 0.0
+    bunched, spread = ref.copy(), ref.copy()
+    bunched[:10] = False                  # one whole scene missed: 2 points
+    spread[::50] = False                  # one sample in each of 10 scenes: 2 points too
+    b, s_ = loss_bound(bunched, ref, scene), loss_bound(spread, ref, scene)
+    assert b > s_ > 2.0 and b > 3.0
+    assert loss_bound(bunched, ref, scene, level=0.5) <= b
+
+
 def test_cut_points_skip_residual_blocks():
     import torch
     import torch.nn as nn
@@ -143,14 +175,21 @@ def test_evaluate_and_search(trained, tmp_path):
     assert base["accuracy"] == pytest.approx(100 * np.mean(val.u["final"].argmax(1) == val.y))
     assert base["instructions"] == pytest.approx(costs.backbone_instr + costs.invoke_overhead)
     assert base["exit_share"] == [1.0]
-    # difference detection that always trusts the reference answers from exit 0 after the first sample
+    # difference detection with no distance limit runs the full network exactly when exit 0's class changes
     dd = evaluate(Config([(0, "pool_fc")], Decision("difference", [100000]), ["cortex-m4"] * 2), val, costs)
-    assert dd["exit_share"][0] == pytest.approx(1 - 1 / len(val)) and dd["instructions"] < base["instructions"] / 3
+    c0 = val.u["cut0/pool_fc"].argmax(1)
+    full = 1 + int(np.sum(c0[1:] != c0[:-1]))
+    assert dd["exit_share"] == pytest.approx([1 - full / len(val), full / len(val)])
+    assert 1 < full < len(val) // 2 and dd["instructions"] < base["instructions"] / 2
     res = search(aug, costs, val, 12, default_file=tmp_path / "s.db", study_name="t", show=False)
     assert res.ran == 12 and [o.name for o in res.objectives] == ["accuracy", "instructions"]
     cfg, info = choose(res.study, res.objectives, base["accuracy"], max_loss=2.0)
     got = evaluate(cfg, val, costs)
     assert got["accuracy"] >= base["accuracy"] - 2.0 and got["instructions"] <= base["instructions"] + 1
+    # with the validation stream the choice must also hold at the bootstrap bound: never cheaper, never riskier
+    safe, sinfo = choose(res.study, res.objectives, base["accuracy"], 2.0, single_exit(), val=val)
+    assert evaluate(safe, val, costs)["instructions"] >= got["instructions"]
+    assert sinfo["trial"] is None or sinfo["loss_bound"]["points"] <= 2.0
     again = search(aug, costs, val, 12, default_file=tmp_path / "s.db", study_name="t", show=False)
     assert again.ran == 0                                                    # resumed: nothing left to run
     with pytest.raises(StudyError, match="no study"):

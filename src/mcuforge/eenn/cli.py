@@ -59,7 +59,7 @@ def run(model: str, data: str | None, out: Path | None, trials: int, storage: st
     if worker:
         console.print(f"[green]ran[/] {res.ran} trial(s) of study {res.study.study_name} in {res.seconds:.1f} s")
         return None
-    cfg, info = choose(res.study, res.objectives, base_val["accuracy"], max_loss, base)
+    cfg, info = choose(res.study, res.objectives, base_val["accuracy"], max_loss, base, val=val)
     r_val, r_test = evaluate(cfg, val, costs, link), evaluate(cfg, test, costs, link)
     rows = pareto_rows(res.study, res.objectives)
     summary = {

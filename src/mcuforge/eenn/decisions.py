@@ -15,10 +15,14 @@ kinds (``Decision.kind``):
 * ``margin``:     stop at the first exit k < E-1 with top1(u) - top2(u) >= T[k].
 * ``entropy``:    stop at the first exit k < E-1 with sum_i ENTROPY_Q12[u_i] <= T[k],
                   ENTROPY_Q12[u] = round(-(u/256) ln(u/256) * 4096) (0 for u = 0).
-* ``difference``  (Difference Detection): evaluate exit 0 only; if a reference scene is held and
-                  sum_i |u_i - ref_i| <= T[0], answer the reference scene's class at exit 0.
-                  Otherwise run the full network (segments 0..E-1, head 0 already run), answer the
-                  final exit's class, and make (u of exit 0, that class) the new reference.
+* ``difference``  (Difference Detection): evaluate exit 0 only; if a reference scene is held,
+                  sum_i |u_i - ref_i| <= T[0] and argmax(u) == argmax(ref), answer the reference
+                  scene's class at exit 0. Otherwise run the full network (segments 0..E-1, head 0
+                  already run), answer the final exit's class, and make (u of exit 0, that class) the
+                  new reference. The class check is ours (Sponner et al. use the distance alone): an
+                  early exit that is confidently wrong puts two different scenes within a small
+                  distance, and one missed change costs the whole next scene; with the check the
+                  accuracy no longer falls off a cliff as T grows (benchmarks/eenn.py).
 * ``patience``    (Temporal Patience): at each exit k < E-1, stop if a previous result is held,
                   argmax(u) equals it and max(u) >= T[k] (T[k] = 0: class agreement alone); else go
                   on; the final exit always stops. The answer becomes the previous result.
@@ -113,7 +117,7 @@ class Decider:
             return Outcome(c, last, ())
         if kind == "difference":
             u0 = exit_output(0).astype(np.int32)
-            if self.valid and int(np.abs(u0 - self.ref).sum()) <= T[0]:
+            if self.valid and argmax(u0) == argmax(self.ref) and int(np.abs(u0 - self.ref).sum()) <= T[0]:
                 return Outcome(self.prev, 0, (0,))
             c = argmax(exit_output(last))
             self.valid, self.prev, self.ref = True, c, u0
