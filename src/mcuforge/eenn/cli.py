@@ -102,6 +102,14 @@ def run(model: str, data: str | None, out: Path | None, trials: int, storage: st
             t.add_row(split, label, _pct(r["accuracy"]), f"{r['instructions']:,.0f}", f"{r['macs']:,.0f}",
                       f"{r['latency_ms']:.3f}", f"{r['energy_uj']:.1f}")
     console.print(t)
+    if info.get("trial") is None:
+        console.print(f"no trial stays within {max_loss:g} points of the single exit on validation (at the 90% scene "
+                      f"bootstrap bound): the single exit is kept")
+    else:
+        console.print(f"chosen: trial {info['trial']}, the cheapest within {max_loss:g} points of the single exit on "
+                      f"validation; loss bound {info['loss_bound']['points']:.2f} points at the "
+                      f"{info['loss_bound']['level']:.0%} quantile of a "
+                      f"bootstrap over the stream's scenes")
     saving = 1 - r_test["instructions"] / base_test["instructions"]
     console.print(f"test stream: {saving:.1%} fewer instructions per inference than the single exit, "
                   f"accuracy {r_test['accuracy'] - base_test['accuracy']:+.2f} points. Instructions: exact per-layer "
