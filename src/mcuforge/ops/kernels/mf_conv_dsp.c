@@ -151,6 +151,7 @@ static void conv_im2col(const mf_conv_dsp_params *p, const int8_t *in, int32_t o
 __attribute__((naked, noinline)) static void conv_mm3x2_asm(MF_UNUSED int32_t *acc, MF_UNUSED const uint32_t *w,
                                                             MF_UNUSED const uint32_t *x,
                                                             MF_UNUSED const uint32_t *xend) {
+/* one chunk of the 3-pixel x 2-channel product (also used by conv_pairs3_fast_asm below) */
 #define MF_MM3X2_CHUNK                                \
     "ldrd   r6, r8, [r12], #8\n\t"                    \
     "sxtb16 r7, r6, ror #8\n\t"                       \
@@ -192,7 +193,6 @@ __attribute__((naked, noinline)) static void conv_mm3x2_asm(MF_UNUSED int32_t *a
         "ldr    r10, [sp]\n\t"
         "stmia  r10, {r0, r1, r2, r3, r4, r5}\n\t"
         "pop    {r0, r3, r4, r5, r6, r7, r8, r9, r10, r11, r12, pc}\n\t");
-#undef MF_MM3X2_CHUNK
 }
 
 /* The whole channel loop for three pixels, fast requantization, no clamp: per pair of output
@@ -208,27 +208,6 @@ typedef struct {
 } conv_job;
 
 __attribute__((naked, noinline)) static void conv_pairs3_fast_asm(MF_UNUSED conv_job *job) {
-#define MF_MM3X2_CHUNK                                \
-    "ldrd   r6, r8, [r12], #8\n\t"                    \
-    "sxtb16 r7, r6, ror #8\n\t"                       \
-    "sxtb16 r6, r6\n\t"                               \
-    "sxtb16 r9, r8, ror #8\n\t"                       \
-    "sxtb16 r8, r8\n\t"                               \
-    "ldrd   r10, r11, [lr], #8\n\t"                   \
-    "smlad  r0, r6, r10, r0\n\t"                      \
-    "smlad  r0, r7, r11, r0\n\t"                      \
-    "smlad  r1, r8, r10, r1\n\t"                      \
-    "smlad  r1, r9, r11, r1\n\t"                      \
-    "ldrd   r10, r11, [lr], #8\n\t"                   \
-    "smlad  r2, r6, r10, r2\n\t"                      \
-    "smlad  r2, r7, r11, r2\n\t"                      \
-    "smlad  r3, r8, r10, r3\n\t"                      \
-    "smlad  r3, r9, r11, r3\n\t"                      \
-    "ldrd   r10, r11, [lr], #8\n\t"                   \
-    "smlad  r4, r6, r10, r4\n\t"                      \
-    "smlad  r4, r7, r11, r4\n\t"                      \
-    "smlad  r5, r8, r10, r5\n\t"                      \
-    "smlad  r5, r9, r11, r5\n\t"
 /* requantize accumulator A (fast form; r6 M, r7 C, r8 e) into r9 */
 #define MF_REQ(A)                                     \
     "lsl    r9, " A ", #1\n\t"                        \
