@@ -156,6 +156,54 @@ def _export(tmp_path, module, shape):
     return path
 
 
+def test_several_inputs_and_outputs(tmp_path, capsys):
+    """Calibration and run inputs as .npz (positional or by name), outputs as .npz keyed by output name."""
+    import torch
+    import torch.nn as nn
+
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(2, 4, 3, padding=1), nn.Linear(6, 3)
+
+        def forward(self, image, vector):
+            return self.conv(image).relu().mean((2, 3)), self.fc(vector)
+
+    torch.manual_seed(0)
+    ep = torch.export.export(TwoHeads().eval(), (torch.zeros(1, 2, 5, 5), torch.zeros(1, 6)))
+    torch.export.save(ep, tmp_path / "two.pt2")
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(40, 2, 5, 5)).astype(np.float32), rng.normal(size=(40, 6)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", a, b)
+    lib = tmp_path / "lib"
+    code, _, err = mcuforge(capsys, "deploy", tmp_path / "two.pt2", "--calib", tmp_path / "calib.npz", "-o", lib)
+    assert code == 0, err
+    g = load_graph(lib / "model.mcf")
+    assert len(g.inputs) == 2 and len(g.outputs) == 2
+    np.savez(tmp_path / "x.npz", **{g.inputs[0]: a[:9], g.inputs[1]: b[:9]})
+    got = {}
+    for target in ("reference", "host"):
+        code, out, err = mcuforge(capsys, "run", lib, "--input", tmp_path / "x.npz", "--output",
+                                  tmp_path / f"y_{target}.npz", "--target", target)
+        assert code == 0, err
+        with np.load(tmp_path / f"y_{target}.npz") as z:
+            got[target] = {k: z[k] for k in z.files}
+    assert sorted(got["host"]) == sorted(g.outputs)
+    assert got["host"][g.outputs[0]].shape == (9, 4) and got["host"][g.outputs[1]].shape == (9, 3)
+    for k in g.outputs:
+        np.testing.assert_array_equal(got["reference"][k], got["host"][k])
+    # several outputs need an .npz path: refused before anything runs or is written
+    code, _, err = mcuforge(capsys, "run", lib, "--input", tmp_path / "x.npz", "--output", tmp_path / "y.npy")
+    assert code != 0 and "2 outputs" in err and ".npz" in err and not (tmp_path / "y.npy").exists()
+    # a single .npy for two inputs, and an .npz with the wrong names, say what is expected
+    np.save(tmp_path / "one.npy", a)
+    code, _, err = mcuforge(capsys, "run", lib, "--input", tmp_path / "one.npy", "--output", tmp_path / "y.npz")
+    assert code != 0 and "2 inputs" in err and ".npz" in err
+    np.savez(tmp_path / "bad.npz", first=a, second=b)
+    code, _, err = mcuforge(capsys, "run", lib, "--input", tmp_path / "bad.npz", "--output", tmp_path / "y.npz")
+    assert code != 0 and "first, second" in err and g.inputs[0] in err
+
+
 def test_pt2_unsupported_op_and_corrupt_file(tmp_path, capsys):
     import torch.nn as nn
 

@@ -183,8 +183,9 @@ def quantize_with_progress(graph, calib, method: str, percentile: float):
 def deploy(
     model: Path = typer.Argument(..., help="Model file: .pt2 (torch.export), .onnx, .mcf (mcuforge graph)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output directory for the C library."),
-    calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration inputs (.npy, N samples in the "
-                                         "model's input layout) for float models."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration inputs for float models: .npy (N "
+                                         "samples in the model's input layout), or .npz with one array per input "
+                                         "(keyed by input name, or positional) for several inputs."),
     method: Method = typer.Option(Method.minmax, "--method", help="Calibration range: min/max, percentile, or "
                                   "the clipping with least quantization error (mse)."),
     percentile: float = typer.Option(99.99, "--percentile", help="Percentile for --method percentile."),
@@ -250,11 +251,14 @@ def deploy(
         if calib is None:
             raise QuantizationError(f"'{model}' is a float model: give calibration data with --calib X.npy "
                                     f"(a few hundred representative inputs, shape (N, ...) as the model takes them)")
-        x = _load_npy(calib, "calibration")
-        if x.dtype.kind not in "fiu":
-            raise QuantizationError(f"calibration data must be numeric, got dtype {x.dtype}")
-        graph = quantize_with_progress(graph, [to_ir_layout(graph, graph.inputs[0], x.astype(np.float32))],
-                                       method.value, percentile)
+        from .runner import read_arrays
+
+        xs = read_arrays(calib, list(graph.inputs), "calibration")
+        for x in xs:
+            if x.dtype.kind not in "fiu":
+                raise QuantizationError(f"calibration data must be numeric, got dtype {x.dtype}")
+        graph = quantize_with_progress(graph, [to_ir_layout(graph, name, x.astype(np.float32))
+                                               for name, x in zip(graph.inputs, xs)], method.value, percentile)
     if weight_bits or share_weights or sparse:
         from .compress.storage import apply_storage_options, float_weights_of
 
@@ -289,8 +293,10 @@ def deploy(
 def run(
     lib: Path = typer.Argument(..., help="Directory written by `mcuforge deploy`."),
     input: Path = typer.Option(..., "--input", help="Inputs .npy: float32 (quantized with the model's input "
-                               "parameters) or int8 (taken as is), shape (N, ...)."),
-    output: Path = typer.Option(..., "--output", help="Where to write the outputs (.npy)."),
+                               "parameters) or int8 (taken as is), shape (N, ...); several inputs: .npz, one "
+                               "array per input (by name, or positional)."),
+    output: Path = typer.Option(..., "--output", help="Where to write the outputs: .npy, or .npz (one array "
+                                "per output name; needed for several outputs)."),
     target: str = typer.Option("reference", "--target", help="reference: numpy integer reference; host: the "
                                "generated C compiled with the system compiler; a Cortex-M core or board "
                                "(cortex-m4, nucleo-l4r5zi, ...): firmware run on QEMU."),
@@ -300,7 +306,7 @@ def run(
 ) -> None:
     """Run a deployed library on a batch of inputs."""
     from .errors import InputError
-    from .runner import load_library, run_library
+    from .runner import load_library, read_arrays, run_library, write_arrays
     from .eenn.runner import is_eenn_library
 
     if is_eenn_library(lib):   # one stream through the early-exit runtime: class and exit taken per sample
@@ -315,15 +321,14 @@ def run(
         return
 
     graph = load_library(lib)
-    x = _load_npy(input, "input")
-    if len(graph.outputs) != 1:
-        raise InputError("this model has several outputs; `mcuforge run` handles one-output models")
-    y = run_library(lib, graph, x, target, dequantize, ram=ram, flash=flash)
-    try:
-        np.save(output, y)
-    except OSError as exc:
-        raise InputError(f"cannot write '{output}': {exc.strerror or exc}") from None
-    console.print(f"[green]wrote[/] {output}: {y.dtype} {tuple(y.shape)} ({target})")
+    if len(graph.outputs) > 1 and output.suffix != ".npz":   # before the run: nothing is lost
+        raise InputError(f"the model has {len(graph.outputs)} outputs ({', '.join(graph.outputs)}): "
+                         f"give --output a .npz path")
+    xs = read_arrays(input, list(graph.inputs), "input")
+    ys = run_library(lib, graph, xs, target, dequantize, ram=ram, flash=flash)
+    write_arrays(output, list(graph.outputs), ys)
+    what = ", ".join(f"{n}: {y.dtype} {tuple(y.shape)}" for n, y in zip(graph.outputs, ys))
+    console.print(f"[green]wrote[/] {output}: {what} ({target})")
 
 
 @app.command()
@@ -333,8 +338,8 @@ def bench(
                                          "library was deployed for, else cortex-m4)."),
     ram: Optional[str] = typer.Option(None, "--ram", help="RAM size (e.g. 256K), instead of the target's."),
     flash: Optional[str] = typer.Option(None, "--flash", help="Flash size (e.g. 1M), instead of the target's."),
-    input: Optional[Path] = typer.Option(None, "--input", help="Inputs .npy to measure with (float32 or int8, "
-                                         "shape (N, ...)); default: random int8 samples."),
+    input: Optional[Path] = typer.Option(None, "--input", help="Inputs .npy/.npz to measure with (float32 or "
+                                         "int8, shape (N, ...), as for run); default: random int8 samples."),
     samples: int = typer.Option(3, "--samples", min=1, help="Number of random samples without --input."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
 ) -> None:
@@ -342,7 +347,7 @@ def bench(
     import json
 
     from .errors import InputError
-    from .runner import load_library, prepare_input
+    from .runner import load_library, prepare_input, read_arrays
     from .targets.bench import CYCLE_NOTE, bench as run_bench
     from .targets.cortex_m import resolve_target
     from .eenn.runner import is_eenn_library
@@ -359,9 +364,8 @@ def bench(
     tgt = resolve_target(report, target, ram, flash)
     xs = None
     if input is not None:
-        if len(graph.inputs) != 1:
-            raise InputError("this model has several inputs; `mcuforge bench --input` handles one-input models")
-        xs = [prepare_input(graph, graph.inputs[0], _load_npy(input, "input"))]
+        xs = [prepare_input(graph, name, x) for name, x in
+              zip(graph.inputs, read_arrays(input, list(graph.inputs), "input"))]
     with err_console.status(f"building and running on QEMU {tgt.machine.name if tgt.machine else ''} ..."):
         result = run_bench(lib, tgt, xs, samples=samples)
     for table in bench_tables(result):
