@@ -61,16 +61,27 @@ def check_plan_invariants(g, plan, alignment):
         assert b.offset >= 0 and b.offset % alignment == 0, (b.offset, alignment)
         assert b.offset + b.size <= plan.arena_size
     assert plan.arena_size % alignment == 0
-    # No two buffers alive at the same step share a byte.
+    # No two buffers alive at the same step share a byte, except a listed overlap's input and
+    # output buffers at the step of its node (the input's last, the output's first).
+    step = {n.name: i for i, n in enumerate(g.nodes)}
+    handover = {(where[o.input], where[o.output]): step[o.node] for o in plan.overlaps}
     for i, a in enumerate(plan.buffers):
-        for b in plan.buffers[i + 1:]:
-            if a.first <= b.last and b.first <= a.last:
-                assert a.offset + a.size <= b.offset or b.offset + b.size <= a.offset, \
-                    f"live buffers overlap: {a} and {b}"
-    # The arena holds the largest set of simultaneously live buffers, and never exceeds the
-    # unplanned total (every activation but reshape aliases in its own buffer).
+        for j, b in enumerate(plan.buffers):
+            if j <= i or not (a.first <= b.last and b.first <= a.last):
+                continue
+            if a.offset + a.size <= b.offset or b.offset + b.size <= a.offset:
+                continue
+            s = handover.get((i, j), handover.get((j, i)))
+            assert s is not None and max(a.first, b.first) == s == min(a.last, b.last), \
+                f"live buffers overlap: {a} and {b}"
+    for o in plan.overlaps:
+        assert plan.offsets[o.output] - plan.offsets[o.input] == o.shift <= 0
+    # The arena holds the largest set of simultaneously live buffers (less what overlaps share
+    # at their step), and never exceeds the unplanned total (every activation but reshape
+    # aliases in its own buffer).
     steps = range(-1, len(g.nodes) + 1)
-    peak = max(sum(b.size for b in plan.buffers if b.first <= s <= b.last) for s in steps)
+    peak = max(sum(b.size for b in plan.buffers if b.first <= s <= b.last)
+               - sum(o.shared for o in plan.overlaps if step[o.node] == s) for s in steps)
     assert plan.arena_size >= peak
     unplanned = sum(-(-g.tensors[t].nbytes // alignment) * alignment for t in acts
                     if g.producer(t) is None or g.producer(t).op != "reshape")
@@ -113,6 +124,30 @@ def check_sharing_rules(g, plan, allow_inplace):
             assert all(buf_of.get(t) != buf_of[out] for t in n.inputs)
 
 
+def check_overlap_rules(g, plan, alignment, allow_overlap, take_all):
+    """Overlaps only where documented: the node is the last reader of its input's buffer, the
+    shift is its op's; with choose_overlaps=False every such node overlaps."""
+    step = {n.name: i for i, n in enumerate(g.nodes)}
+    buf_of = {t: b for b in plan.buffers for t in b.tensors}
+    eligible = {}
+    for i, n in enumerate(g.nodes):
+        x = n.inputs[0] if n.inputs else None
+        if x in buf_of and buf_of[x].last == i and n.name not in plan.inplace and n.op != "reshape":
+            s = get_op(n.op).overlap_shift(n, g, alignment)
+            if s is not None:
+                eligible[n.name] = s
+    assert allow_overlap or plan.overlaps == []
+    for o in plan.overlaps:
+        n = g.nodes[step[o.node]]
+        assert (o.input, o.output) == (n.inputs[0], n.outputs[0])
+        assert o.input not in g.outputs and o.node in eligible and o.shift == eligible[o.node] <= 0
+        lo = max(plan.offsets[o.input], plan.offsets[o.output])
+        hi = min(plan.offsets[o.input] + g.tensors[o.input].nbytes, plan.offsets[o.output] + g.tensors[o.output].nbytes)
+        assert o.shared == hi - lo > 0
+    if allow_overlap and take_all:
+        assert [o.node for o in plan.overlaps] == [n.name for n in g.nodes if n.name in eligible]
+
+
 def simulate(g, plan, x_int8):
     """Run one sample through an arena laid out by the plan; return the outputs read from it."""
     arena = np.zeros(max(plan.arena_size, 1), np.int8)
@@ -141,14 +176,20 @@ def simulate(g, plan, x_int8):
 
 @SETTINGS
 @given(seed=st.integers(0, 2**31 - 1), alignment=st.sampled_from([1, 2, 4, 8, 16]),
-       allow_inplace=st.booleans())
-def test_random_graph_plans(seed, alignment, allow_inplace):
+       allow_inplace=st.booleans(), allow_overlap=st.booleans(), take_all=st.booleans())
+def test_random_graph_plans(seed, alignment, allow_inplace, allow_overlap, take_all):
     g = quantized_random_graph(seed)
-    plan = plan_memory(g, alignment=alignment, allow_inplace=allow_inplace)
+    plan = plan_memory(g, alignment=alignment, allow_inplace=allow_inplace, allow_overlap=allow_overlap,
+                       choose_overlaps=not take_all)
     check_plan_invariants(g, plan, alignment)
     check_sharing_rules(g, plan, allow_inplace)
+    check_overlap_rules(g, plan, alignment, allow_overlap, take_all)
     if not allow_inplace:
         assert plan.inplace == []
+    if allow_overlap and not take_all:  # overlaps are taken only where they make the arena smaller
+        without = plan_memory(g, alignment=alignment, allow_inplace=allow_inplace, allow_overlap=False)
+        assert plan.arena_size <= without.arena_size
+        assert plan.overlaps == [] or plan.arena_size < without.arena_size
 
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None,
@@ -187,13 +228,13 @@ def test_elementwise_chain_runs_in_place():
     lr = b.op("leaky_relu", [t], alpha=0.1)
     out = b.op("add", [lr, b.const("k", np.arange(8.0))])
     q = _quantized(b, out)
-    plan = plan_memory(q)
+    plan = plan_memory(q, allow_overlap=False)  # the conv could also overlap x (tests/test_overlap.py)
     assert plan.inplace == [q.producer(t).name for t in (s, t, lr, out)]
     assert len({plan.offsets[n] for n in (y, s, t, lr, out)}) == 1
     check_plan_invariants(q, plan, 4)
     size = 8 * 8 * 8
     assert plan.arena_size == 8 * 8 * 4 + size  # the input and one shared buffer
-    no_inplace = plan_memory(q, allow_inplace=False)
+    no_inplace = plan_memory(q, allow_inplace=False, allow_overlap=False)
     assert no_inplace.inplace == [] and no_inplace.arena_size > plan.arena_size
     assert plan.arena_size < plan.naive_size
 
@@ -266,6 +307,10 @@ def test_linear_chain_ping_pongs():
     size = 6 * 6 * 4
     assert plan.arena_size == 2 * size
     assert plan.naive_size == 6 * size
+    # Each conv could start (W + 2) C = 32 bytes below its dying input, but the chain would drift
+    # to 144 + 5 x 32 bytes: ping-pong is smaller, so no overlap is taken.
+    assert plan.overlaps == []
+    assert plan_memory(q, choose_overlaps=False).arena_size == size + 5 * 32
     check_plan_invariants(q, plan, 4)
 
 

@@ -52,7 +52,7 @@ def _io_info(graph: Graph, names: list[str], plan: MemoryPlan) -> list[dict]:
 
 
 def render_sources(graph: Graph, prefix: str = "model", target: Target | None = None,
-                   extension=None, shared_arena: str | None = None
+                   extension=None, shared_arena: str | None = None, plan_options: dict | None = None
                    ) -> tuple[dict[str, str], MemoryPlan, CodegenContext]:
     """The generated text files by name (without copied kernels), the plan and the context.
 
@@ -63,7 +63,8 @@ def render_sources(graph: Graph, prefix: str = "model", target: Target | None = 
     for the .h, `files` {name: text}) and a report section (`report(ctx)`).
     `shared_arena` (a C symbol, e.g. "net_arena"): use the arena (and the kernel scratch,
     `<symbol>_scratch`) that `<symbol>.h` declares instead of private ones, for libraries whose
-    parts run one after another (mcuforge.eenn.codegen); the caller defines them large enough."""
+    parts run one after another (mcuforge.eenn.codegen); the caller defines them large enough.
+    `plan_options`: keyword arguments of plan_memory (e.g. {"allow_overlap": False})."""
     if not graph.is_quantized:
         raise GraphError(f"graph '{graph.name}' is not quantized: quantize it (calibration data) before "
                          "generating C")
@@ -72,7 +73,7 @@ def render_sources(graph: Graph, prefix: str = "model", target: Target | None = 
         if graph.tensors[name].dtype != "int8":
             raise GraphError(f"graph input/output '{name}' must be int8, is {graph.tensors[name].dtype}")
     prefix = c_identifier(prefix)
-    plan = extension.plan(graph) if extension is not None else plan_memory(graph)
+    plan = extension.plan(graph) if extension is not None else plan_memory(graph, **(plan_options or {}))
     ctx = CodegenContext(graph, plan, prefix, target)
     layers = []
     for node in graph.nodes:
@@ -114,9 +115,9 @@ def kernel_sources(graph: Graph) -> list[str]:
 
 
 def write_library(graph: Graph, out: Path, prefix: str = "model", extra_report: dict | None = None,
-                  target: Target | None = None, extension=None) -> dict:
+                  target: Target | None = None, extension=None, plan_options: dict | None = None) -> dict:
     """Write the library into an existing directory `out`; returns the report (which records the target)."""
-    files, plan, ctx = render_sources(graph, prefix, target, extension)
+    files, plan, ctx = render_sources(graph, prefix, target, extension, plan_options=plan_options)
     for name, text in files.items():
         (out / name).write_text(text)
     for name in list(COMMON_HEADERS) + kernel_sources(graph) + ctx.kernel_files:
@@ -132,10 +133,11 @@ def write_library(graph: Graph, out: Path, prefix: str = "model", extra_report: 
 
 
 def generate(graph: Graph, out_dir: str | Path, prefix: str = "model", extra_report: dict | None = None,
-             target: Target | None = None, extension=None) -> dict:
-    """Write the C library atomically into `out_dir` for `target` (default: portable C); returns the report."""
+             target: Target | None = None, extension=None, plan_options: dict | None = None) -> dict:
+    """Write the C library atomically into `out_dir` for `target` (default: portable C); returns the report.
+    `plan_options`: keyword arguments of codegen.plan_memory."""
     with staged_output_dir(out_dir) as staging:
-        return write_library(graph, staging, prefix, extra_report, target, extension)
+        return write_library(graph, staging, prefix, extra_report, target, extension, plan_options)
 
 
 def load_report(lib_dir: str | Path) -> dict:

@@ -57,6 +57,9 @@ def build_report(graph: Graph, plan: MemoryPlan, ctx: CodegenContext, prefix: st
             "scratch_bytes": ctx.scratch_bytes,  # static scratch of the kernels (im2col), RAM beside the arena
             "unplanned_bytes": plan.naive_size,
             "inplace_layers": plan.inplace,
+            # output placed `shift` bytes from the input it is the last reader of, sharing `shared_bytes`
+            "overlap_layers": [{"layer": o.node, "input": o.input, "output": o.output, "shift": o.shift,
+                                "shared_bytes": o.shared} for o in plan.overlaps],
             "tensors": {t: {"offset": off, "bytes": graph.tensors[t].nbytes} for t, off in plan.offsets.items()},
         },
         "inputs": [{"name": t, "shape": list(graph.tensors[t].shape), "scale": graph.tensors[t].quant.s,
@@ -99,6 +102,10 @@ def render_markdown(report: dict) -> str:
         f"| weights, biases, tables, layer parameters (flash) | {t['const_bytes']:,} |",
         "",
         f"In-place layers: {', '.join(m['inplace_layers']) or 'none'}.",
+        "",
+        "Overlapping layers (the output starts `shift` bytes from the input it is the last reader of, "
+        "sharing bytes with it): " + (", ".join(f"{o['layer']} ({o['shift']:+,} B, {o['shared_bytes']:,} B shared)"
+                                               for o in m.get("overlap_layers", [])) or "none") + ".",
         "",
     ]
     q = report.get("quantization") or {}

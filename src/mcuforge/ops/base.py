@@ -85,6 +85,13 @@ class OpDef:
     def macs(self, node: Node, graph: Graph) -> int:
         return 0
 
+    # -- memory -------------------------------------------------------------------
+    def overlap_shift(self, node: Node, graph: Graph, alignment: int = 1) -> int | None:
+        """Where the output may start relative to input 0 when this node is that input's last reader:
+        the largest s <= 0, a multiple of `alignment`, that is safe for every kernel that can run the
+        node (ops/overlap.py); None: the output must not share a byte with the input (the default)."""
+        return None
+
 
 # --- helpers shared by op modules ----------------------------------------------------
 

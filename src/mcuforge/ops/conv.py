@@ -19,6 +19,7 @@ from ..ir.graph import Graph, Node, QuantParams
 from ..quant.fixedpoint import multiply_by_quantized_multiplier, quantize_multipliers, round_half_away
 from .base import (OpDef, apply_float_activation, conv_out_size, quantized_activation_range,
                    require_attrs, t_in, t_out)
+from .overlap import largest_safe_shift, last_pixel_reader
 from .weight_storage import emit_portable, is_compressed
 
 
@@ -114,6 +115,42 @@ class Conv2D(OpDef):
         n, oh, ow, o = t_out(graph, node).shape
         _, kh, kw, cg = t_in(graph, node, 1).shape
         return oh * ow * o * kh * kw * cg
+
+    def overlap_shift(self, node, graph, alignment=1):
+        """The kernels' orders (ops/overlap.py), all of which must tolerate the shift:
+
+        * mf_conv2d_s8 and mf_conv2d_ws_s8 (portable; compressed weights): per output pixel in raster
+          order, per output channel o: read o's group over the window, write byte o. So the pixel's
+          window is read again after its first bytes are written.
+        * mf_conv_dsp_s8_* (DSP, not depthwise; compressed weights are decoded into the scratch
+          first): per 3 output pixels, per group: the im2col of the 3 windows, then the group's
+          channels of the 3 pixels.
+        * mf_dwconv_dsp_s8_* (DSP depthwise): channel-outer. Per pair of input channels, every pixel of
+          the pair is widened into the planes (scratch), then the pair's output channels are written
+          at every pixel. Only writes that land on an input byte of the same or an earlier pair are
+          safe: with one output per input channel, shifts by whole pixels.
+        """
+        x, wt, y = t_in(graph, node, 0), t_in(graph, node, 1), t_out(graph, node)
+        if x.shape[0] != 1:
+            return None
+        a = node.attrs
+        _, h, wd, c = x.shape
+        _, oh, ow, o = y.shape
+        _, kh, kw, cg = wt.shape
+        groups = int(a["groups"])
+        og = o // groups
+        qlast = last_pixel_reader(x.shape, y.shape, (kh, kw), a["stride"], a["dilation"], a["pads"])
+        qlast = qlast.reshape(-1, 1)
+        unread = qlast < 0
+        group_in, group_out = np.arange(c) // cg, np.arange(o) // og
+        q = np.arange(oh * ow)[:, None]
+        portable = (np.where(unread, -1, qlast * o + (group_in + 1) * og - 1), q * o + np.arange(o))
+        if groups > 1 and cg == 1:
+            pair_in, pair_out = np.arange(c) // 2, group_out // 2
+            dsp = (np.broadcast_to(pair_in, (h * wd, c)), np.broadcast_to(pair_out, (oh * ow, o)))
+        else:
+            dsp = (np.where(unread, -1, qlast // 3 * groups + group_in), q // 3 * groups + group_out)
+        return largest_safe_shift([(np.ravel(r), np.ravel(w)) for r, w in (portable, dsp)], alignment)
 
     def emit_c(self, node, graph, ctx):
         if ctx.target.has_dsp:  # fast kernels for DSP-extension cores (ops/dsp.py)

@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import GraphError
 from .base import (OpDef, apply_float_activation, conv_out_size, quantized_activation_range,
                    require_attrs, t_in, t_out)
+from .overlap import largest_safe_shift, last_pixel_reader
 
 
 def _windows(x: np.ndarray, kernel, stride, pads, fill) -> np.ndarray:
@@ -55,6 +56,23 @@ class _Pool2D(OpDef):
         qi, qo = t_in(graph, node).quant, t_out(graph, node).quant
         if qi is not None and not qi.same_as(qo):
             raise GraphError(f"node '{node.name}' ({node.op}): input and output must share quantization")
+
+    def overlap_shift(self, node, graph, alignment=1):
+        """The kernels' orders (ops/overlap.py): mf_*_pool_s8 (portable): per output pixel in raster
+        order, per channel: the window, then the byte; mf_*_pool_dsp_s8: per output pixel, per block
+        of 4 channels (the last channels one by one): the window, then the block's bytes."""
+        x, y = t_in(graph, node), t_out(graph, node)
+        a = node.attrs
+        c = x.shape[3]
+        qlast = last_pixel_reader(x.shape, y.shape, a["kernel"], a["stride"], (1, 1), a["pads"]).reshape(-1, 1)
+        unread = qlast < 0
+        q = np.arange(y.shape[1] * y.shape[2])[:, None]
+        ch = np.arange(c)
+        c4 = c & ~3
+        block, blocks = np.where(ch < c4, ch // 4, c4 // 4 + ch - c4), c4 // 4 + c - c4
+        timelines = [(np.where(unread, -1, qlast * c + ch), q * c + ch),
+                     (np.where(unread, -1, qlast * blocks + block), q * blocks + block)]
+        return largest_safe_shift([(np.ravel(r), np.ravel(w)) for r, w in timelines], alignment)
 
     def _emit(self, node, graph, ctx, fn: str) -> str:
         x, y = t_in(graph, node), t_out(graph, node)
