@@ -8,7 +8,8 @@ every step needs, and the rest), peak training RAM, flash. Every FQT row runs th
 numpy twin and on the Cortex-M4 firmware, and checks that both end with identical weights.
 
     .venv/bin/python benchmarks/on_device_training.py [--domains rotate,sensor] [--epochs 1] [--lr 0.01]
-        [--lr-halve-every 300] [--budgets 0.5,0.3,0.1] [--seeds 3] [--qemu-steps N] [--no-qemu]
+        [--lr-halve-every 300] [--budgets 0.5,0.3,0.2,0.1] [--min-step-budget 0.3] [--seeds 3]
+        [--qemu-steps N] [--no-qemu]
         [--json benchmarks/results/on_device_training.json]
 """
 
@@ -117,7 +118,7 @@ def run_domain(domain: str, args, fg, qg, work: Path, target) -> dict:
                  "accuracy_before": fl["accuracy_before"], "accuracy_after": float(np.mean(accs)),
                  "accuracy_after_seeds": spread(accs),
                  "accuracy_clean_after": fl["accuracy_clean_after"], "seconds": time.perf_counter() - t0})
-    base = dict(lr=args.lr, seed=args.seed, lr_halve_every=args.lr_halve_every)
+    base = dict(lr=args.lr, seed=args.seed, lr_halve_every=args.lr_halve_every, min_step_budget=args.min_step_budget)
     configs = [("FQT full", TrainConfig(**base, trainable=layers)),
                (f"FQT static last-{args.last_k}", TrainConfig(**base, trainable=last_k)),
                ("FQT bias-only", TrainConfig(**base, policy="bias", trainable=layers))]
@@ -169,7 +170,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--lr-halve-every", type=int, default=300)
-    ap.add_argument("--budgets", default="0.5,0.3,0.1")
+    ap.add_argument("--budgets", default="0.5,0.3,0.2,0.1")
+    ap.add_argument("--min-step-budget", type=float, default=0.3, help="dynamic: smaller budgets go to the samples "
+                    "with the largest loss (0: every sample gets a smaller step)")
     ap.add_argument("--last-k", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0x5EED1234, help="stochastic rounding seed")
     ap.add_argument("--seeds", type=int, default=3, help="stream orders to average accuracy over (instructions: "
@@ -184,7 +187,7 @@ def main() -> None:
     fg, qg = digits_model(args.model_dir)
     target = get_target("cortex-m4")
     res = {"model": "digits_cnn (demo)", "target": target.to_json(), "lr": args.lr,
-           "lr_halve_every": args.lr_halve_every, "epochs": args.epochs,
+           "lr_halve_every": args.lr_halve_every, "min_step_budget": args.min_step_budget, "epochs": args.epochs,
            "seeds": args.seeds, "domains": []}
     with tempfile.TemporaryDirectory() as tmp:
         for dom in args.domains.split(","):

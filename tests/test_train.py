@@ -182,6 +182,7 @@ def test_update_has_the_float_step_on_average(small_q):
 CONFIGS = {
     "full": TrainConfig(lr=0.02),
     "dynamic": TrainConfig(lr=0.02, policy="dynamic", budget=0.3, age_q8=64),
+    "dynamic-gated": TrainConfig(lr=0.02, policy="dynamic", budget=0.1, min_step_budget=0.4),
     "bias": TrainConfig(lr=0.02, policy="bias"),
     "last1-momentum-nearest": TrainConfig(lr=0.02, momentum=0.9, rounding="nearest", trainable=["fc"],
                                           lr_halve_every=20),
@@ -277,6 +278,40 @@ def test_dynamic_plan_respects_the_budget(residual_q):
         assert all(t == 0 for t in taken[deep + 1:])
 
 
+def test_loss_gate_gives_the_budget_to_the_largest_losses(residual_q):
+    """Below min_step_budget, the samples with the larger loss gradients get steps planned with the step
+    budget while the saved budget lasts; the others leave the model untouched; the spending never runs
+    ahead of budget x steps."""
+    cfg = TrainConfig(lr=0.02, policy="dynamic", budget=0.1, min_step_budget=0.4)
+    tr = FQTTrainer(residual_q, cfg)
+    p = tr.prog
+    assert p.gate is not None and p.step_macs == int(0.4 * p.full_macs) > p.budget_macs
+    assert p.gate.up + p.gate.down == 1 << 14 and abs(p.gate.down / (1 << 14) - 0.25) < 1e-3
+    x, y = _data(residual_q, 200, 5, seed=3)
+    loss, stepped, spent = [], [], 0
+    for i in range(len(x)):
+        w0 = [S.w.copy() for S in tr.state]
+        vals = tr.forward(tr._check_x(x[i]))
+        loss.append(int(np.abs(tr.loss_grad(vals, y[i])).sum()))
+        tr.step(x[i], y[i])
+        stepped.append(tr.last.deep >= 0)
+        if stepped[-1]:
+            spent += p.step_macs
+            assert p.layers[tr.last.deep].prop + sum(t * L.cwc for t, L in zip(tr.last.taken, p.layers)) \
+                <= p.step_macs
+        else:
+            assert tr.last.macs == 0 and all(np.array_equal(a, S.w) for a, S in zip(w0, tr.state))
+        assert spent <= (i + 1) * p.budget_macs
+    stepped, loss = np.array(stepped), np.array(loss)
+    assert 0.15 < stepped.mean() <= 0.25  # budget / step budget, minus the start-up (nothing saved yet)
+    # a stepped sample's loss gradient is larger than a skipped one's more often than not (random: 0.5)
+    assert (loss[stepped][:, None] > loss[~stepped][None, :]).mean() > 0.6
+    # at or above the minimum step budget there is no gate: every sample gets a step with the budget
+    assert build_program(residual_q, TrainConfig(policy="dynamic", budget=0.4, min_step_budget=0.4)).gate is None
+    off = build_program(residual_q, TrainConfig(policy="dynamic", budget=0.1, min_step_budget=0))
+    assert off.gate is None and off.step_macs == off.budget_macs
+
+
 def test_memory_plan_beats_naive_layout(residual_q, tmp_path):
     rep = generate_training_library(residual_q, tmp_path / "lib", TrainConfig(), prefix="net")
     mem = rep["train"]["memory"]
@@ -312,8 +347,8 @@ def test_twin_equals_host_and_qemu_after_200_steps(model, small_q, residual_q, t
         cfg = TrainConfig(lr=1.0, seed=7, adapt_after=4)
     else:
         graph, classes = residual_q, 5
-        cfg = TrainConfig(lr=0.02, policy="dynamic", budget=0.5, momentum=0.5,
-                          trainable=resolve_trainable(residual_q, "last:2"))
+        cfg = TrainConfig(lr=0.02, policy="dynamic", budget=0.5, momentum=0.5, min_step_budget=0.6,
+                          trainable=resolve_trainable(residual_q, "last:2"))  # loss-gated steps
     lib = tmp_path / "lib"
     generate_training_library(graph, lib, cfg, prefix="net", target=get_target("cortex-m4"))
     x, y = _data(graph, 200, classes, seed=5)

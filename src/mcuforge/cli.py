@@ -202,6 +202,9 @@ def deploy(
                                             "all (default), last:K, or names/indices (comma list)."),
     budget: Optional[float] = typer.Option(None, "--budget", help="--train: dynamic partial updates, spending this "
                                            "fraction of a full update's backward MACs per step."),
+    min_step_budget: float = typer.Option(0.3, "--min-step-budget", help="--train, dynamic: no step spends less "
+                                          "than this fraction; a smaller --budget goes to the samples with the "
+                                          "largest loss, the others skip the backward (0: never)."),
     train_policy: Optional[str] = typer.Option(None, "--train-policy", help="--train: full, bias (biases only) or "
                                                "dynamic (default: full, dynamic with --budget)."),
     lr: float = typer.Option(0.005, "--lr", help="--train: SGD step size (as float SGD, batch 1)."),
@@ -272,7 +275,8 @@ def deploy(
         from .train.codegen import TrainExtension
 
         extension = TrainExtension(graph, training_config(graph, trainable, budget, train_policy, lr, momentum,
-                                                          rounding, loss, lr_halve_every, train_seed), tgt)
+                                                          rounding, loss, lr_halve_every, train_seed,
+                                                          min_step_budget), tgt)
     elif trainable or budget is not None or train_policy:
         raise InputError("--trainable, --budget and --train-policy need --train")
     report = generate(graph, out, prefix=name, target=tgt, extension=extension)

@@ -14,7 +14,8 @@ from .program import TrainConfig, resolve_trainable
 
 
 def training_config(graph, trainable: str | None, budget: float | None, policy: str | None, lr: float,
-                    momentum: float, rounding: str, loss: str | None, lr_halve_every: int, seed: int) -> TrainConfig:
+                    momentum: float, rounding: str, loss: str | None, lr_halve_every: int, seed: int,
+                    min_step_budget: float = 0.3) -> TrainConfig:
     """deploy's training options -> TrainConfig. --budget alone means the dynamic policy."""
     if policy is None:
         policy = "dynamic" if budget is not None else "full"
@@ -24,7 +25,7 @@ def training_config(graph, trainable: str | None, budget: float | None, policy: 
         loss = "ce"
     cfg = TrainConfig(loss=loss, lr=lr, momentum=momentum, rounding=rounding, seed=seed, policy=policy,
                       budget=1.0 if budget is None else budget, trainable=resolve_trainable(graph, trainable),
-                      lr_halve_every=lr_halve_every)
+                      lr_halve_every=lr_halve_every, min_step_budget=min_step_budget)
     cfg.validate()
     return cfg
 

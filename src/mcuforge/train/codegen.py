@@ -190,6 +190,9 @@ class TrainExtension:
             decls.append(f"static int32_t {pre}_t_est[{J}] = {c_initializer([UNSEEN_EST] * J)};\n"
                          f"static uint8_t {pre}_t_seen[{J}];")
             self.ram_bytes["plan_state"] += 5 * J
+            if prog.gate is not None:
+                decls.append(f"static int32_t {pre}_t_gate[2];  /* loss gate: threshold, saved budget */")
+                self.ram_bytes["plan_state"] += 8
             plan_arr = {k: ctx.array(f"t_plan_{k}", v, "int32_t") for k, v in
                         (("prop", [L.prop for L in prog.layers]), ("cwc", [L.cwc for L in prog.layers]),
                          ("pen", [L.penalty for L in prog.layers]),
@@ -216,10 +219,16 @@ class TrainExtension:
         a(f"    {X(prog.logits)} = mf_t_normalize({ACC(prog.logits)}, {E(prog.logits)}, {lt.size});")
         if cfg.lr_halve_every:
             a(f"    sched = -(int32_t)MF_MIN({pre}_t_step / {cfg.lr_halve_every}u, 24u);")
+        gate = prog.gate if dynamic else None
         if dynamic:
-            a(f"    deep = mf_t_plan({J}, {pre}_t_est, {plan_arr['pen']}, {plan_arr['prop']}, {plan_arr['cwc']}, "
-              f"{plan_arr['o']}, "
-              f"{prog.budget_macs}, {pre}_t_taken, {pre}_t_order);")
+            plan = (f"mf_t_plan({J}, {pre}_t_est, {plan_arr['pen']}, {plan_arr['prop']}, {plan_arr['cwc']}, "
+                    f"{plan_arr['o']}, {prog.step_macs}, {pre}_t_taken, {pre}_t_order)")
+            if gate is not None:
+                # a skipped sample runs no backward node (deep = -1) but passes every profiling mark
+                a(f"    deep = mf_t_gate({ACC(prog.logits)}, {lt.size}, {pre}_t_gate, {prog.budget_macs}, "
+                  f"{gate.step_macs}, {gate.cap}, {gate.up}, {gate.down})\n        ? {plan} : -1;")
+            else:
+                a(f"    deep = {plan};")
         a("    MF_LAYER_MARK(-1); /* profiling builds: end of the loss and plan (-1: not an inference layer) */")
         self.phases = ["loss and plan"]
         jprod = {b.node: b.J for b in prog.backward}
@@ -236,7 +245,7 @@ class TrainExtension:
         for b in prog.backward:
             node = graph.node(b.node)
             a(f"    /* {b.node}: {b.op} */")
-            cond = f"deep >= {b.J}" if dynamic and b.J > 0 else None
+            cond = f"deep >= {b.J}" if dynamic and (b.J > 0 or gate is not None) else None
             ind = "        " if cond else "    "
             if cond:
                 a(f"    if ({cond}) {{")
@@ -327,8 +336,8 @@ class TrainExtension:
             a("    MF_LAYER_MARK(-1);")
             self.phases.append(f"backward {b.node} ({b.op})")
         if dynamic:
-            a(f"    for (j = deep + 1; j < {J}; ++j) {pre}_t_est[j] = MF_MIN({pre}_t_est[j] + {cfg.age_q8}, "
-              f"{EST_CLAMP});")
+            a(f"    for (j = deep + 1; j < {J} && deep >= 0; ++j) {pre}_t_est[j] = MF_MIN({pre}_t_est[j] + "
+              f"{cfg.age_q8}, {EST_CLAMP});")
         a(f"    ++{pre}_t_step;")
         a("    return pred;")
 
@@ -340,7 +349,9 @@ class TrainExtension:
         sig = (f"int {pre}_train_step(const int8_t *input, int32_t label)" if cfg.loss == "ce"
                else f"int {pre}_train_step(const int8_t *input, const int8_t *target)")
         step_fn = (f"/* One SGD step on one sample (mcuforge.train: {cfg.policy} update"
-                   + (f", budget {cfg.budget:g} of the full backward's MACs" if dynamic else "") + "). */\n"
+                   + (f", budget {cfg.budget:g} of the full backward's MACs" if dynamic else "")
+                   + (f"; steps of {cfg.min_step_budget:g} for the samples with the largest loss" if gate else "")
+                   + "). */\n"
                    + sig + " {\n" + "\n".join("    " + s for s in locals_) + "\n"
                    + "    (void)amax;\n    (void)deep;\n    (void)sched;\n" + "\n".join(body) + "\n}")
         api = f"""uint32_t {pre}_train_steps(void) {{

@@ -9,7 +9,7 @@ Forward: the ops' integer references (the inference semantics), keeping every ac
 Backward: int8 errors with run-time power-of-two scales, int8 x int8 -> int32 gradients,
 SGD on int8 weights with stochastic or nearest rounding, per-channel weight-scale doubling
 when weights outgrow int8. Dynamic partial updates choose, per step, which layers and
-channels to update under a MAC budget.
+channels to update under a MAC budget; below the minimum step budget, which samples get a step.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from ..ir.graph import Graph, QuantParams
 from ..ops import get_op
 from ..ops.softmax import softmax_int8, softmax_params
 from . import fixed as fx
-from .program import EST_CLAMP, UNSEEN_EST, Geometry, Layer, Program, TrainConfig, build_program
+from .program import EST_CLAMP, UNSEEN_EST, Gate, Geometry, Layer, Program, TrainConfig, build_program
 
 
 # --- convolution pieces (float64 arithmetic on integers: exact below 2^53) -------------------------
@@ -89,7 +89,7 @@ class StepInfo:
     """What one step did (for tests, statistics and the benchmark's cost model)."""
 
     pred: int
-    deep: int
+    deep: int  # -1: the loss gate skipped the backward
     taken: list[int]
     updated_channels: list[int] = field(default_factory=list)
     macs: int = 0  # backward MACs actually spent (weight gradients + error propagation)
@@ -111,6 +111,7 @@ class FQTTrainer:
                                          np.zeros((L.O, L.K), np.int64) if mom else None,
                                          np.zeros(L.O, np.int64) if mom else None, np.zeros(L.O, np.int64)))
         self.beta_q15 = int(np.floor(self.config.momentum * fx.Q15 + 0.5))
+        self.gate_state = [0, 0]  # loss gate: threshold (Q16 log2), saved budget (MACs)
         self.last: StepInfo | None = None
         jof = {b.node: b.J for b in self.prog.backward}
         self._jprod = {c.tensor: jof[self.graph.producer(c.tensor).name]
@@ -193,7 +194,7 @@ class FQTTrainer:
             return J - 1, [L.O for L in p.layers]
         if cfg.policy == "bias":
             return J - 1, [0] * J
-        return plan_dynamic([S.est for S in self.state], p.layers, p.budget_macs)
+        return plan_dynamic([S.est for S in self.state], p.layers, p.step_macs)
 
     def step(self, x: np.ndarray, label) -> int:
         p, cfg = self.prog, self.config
@@ -206,7 +207,10 @@ class FQTTrainer:
         xexp: dict[str, int] = {}
         e, k = fx.normalize(g)
         err[p.logits], xexp[p.logits] = e.reshape(vals[p.logits].shape), k
-        deep, taken = self.plan()
+        if p.gate is None or gate_step(g, self.gate_state, p.gate, p.budget_macs):
+            deep, taken = self.plan()
+        else:
+            deep, taken = -1, [0] * p.num_layers
         info = StepInfo(pred, deep, list(taken))
         pending: dict[str, list[tuple[np.ndarray, int]]] = {}
         sched = -min(self.step_count // cfg.lr_halve_every, 24) if cfg.lr_halve_every else 0
@@ -268,7 +272,7 @@ class FQTTrainer:
                 for c in needs:
                     contribute(c.tensor, ey.reshape(-1), xy)
         for j, S in enumerate(self.state):
-            if j > deep:
+            if j > deep >= 0:  # a skipped step examined nothing: no layer's estimate ages
                 S.est = min(S.est + cfg.age_q8, EST_CLAMP)
         self.step_count += 1
         self.last = info
@@ -429,6 +433,21 @@ def select_top(imp: np.ndarray, n: int) -> np.ndarray:
         order = np.lexsort((np.arange(O), -np.asarray(imp, np.int64)))
         sel[order[:n]] = True
     return sel
+
+
+def gate_step(g: np.ndarray, state: list[int], gate: Gate, budget: int) -> bool:
+    """Whether this sample (loss gradient g, before normalization) gets a backward pass. Its L1 norm (log2,
+    Q16) reaches the threshold state[0] or not; the threshold rises by up or falls by down (not below 0),
+    settling where about budget / step_macs of the samples reach it. state[1] saves budget MACs per step (at
+    most cap); a sample that reached the threshold gets a step if the saved budget covers step_macs."""
+    s = min(int(np.abs(np.asarray(g, np.int64)).sum()), fx.INT32_MAX)
+    want = s > 0 and int(fx.ilog2_q8(s)) * 256 >= state[0]
+    state[0] = state[0] + gate.up if want else max(state[0] - gate.down, 0)
+    state[1] = min(state[1] + budget, gate.cap)
+    if not want or state[1] < gate.step_macs:
+        return False
+    state[1] -= gate.step_macs
+    return True
 
 
 def plan_dynamic(est: list[int], layers: list[Layer], budget: int) -> tuple[int, list[int]]:

@@ -27,6 +27,8 @@ LOSSES = ("ce", "mse")
 UNSEEN_EST = 1 << 20  # importance estimate of a layer whose error was never computed: visit it first
 EST_CLAMP = 1 << 20
 UPDATE_MACS = 8  # the cost model charges a weight update (mulshift, random draw, rounding) as 8 MACs
+GATE_STEP = 1 << 14  # loss gate: the threshold's rise + fall per sample (Q16 log2: a quarter bit)
+GATE_SAVE = 8  # loss gate: at most this many gated steps' budget is saved up
 
 
 @dataclass
@@ -45,6 +47,9 @@ class TrainConfig:
     lr_halve_every: int = 0  # learning-rate schedule: halve every N steps (0: constant)
     bias_visited: bool = True  # dynamic: also update the biases of every layer the error reached
     age_q8: int = 32  # dynamic: growth per step of an unvisited layer's importance estimate (log2, Q8)
+    # dynamic: no step plans with less than this fraction of the full backward; a smaller budget goes to
+    # fewer samples (those with the largest loss gradient), the others skip the backward (0: never)
+    min_step_budget: float = 0.3
     max_adapt: int = 12  # at most this many doublings of a channel's weight scale
     adapt_after: int = 16  # a channel's scale doubles once this many of its weight updates were clipped
 
@@ -61,6 +66,8 @@ class TrainConfig:
             raise InputError(f"momentum must be in [0, 1), got {self.momentum}")
         if not 0 < self.budget <= 1:
             raise InputError(f"the budget must be a fraction in (0, 1], got {self.budget}")
+        if not 0 <= self.min_step_budget <= 1:
+            raise InputError(f"the minimum step budget must be a fraction in [0, 1], got {self.min_step_budget}")
         if self.lr_halve_every < 0 or not 0 <= self.max_adapt <= 24 or not 1 <= self.adapt_after < 2**30:
             raise InputError("lr_halve_every must be >= 0, max_adapt in [0, 24] and adapt_after >= 1")
 
@@ -263,6 +270,27 @@ class ErrTensor:
 
 
 @dataclass
+class Gate:
+    """Loss-gated steps (dynamic policy with a budget below min_step_budget; docs/training.md): a sample
+    whose loss-gradient L1 norm reaches a running threshold gets a step planned with step_macs, when the
+    budget saved since the last one covers it; the others skip the backward."""
+
+    step_macs: int  # the budget a gated step plans with
+    up: int  # threshold rise after a sample that reached it (Q16 log2)
+    down: int  # threshold fall after one that did not: up + down = GATE_STEP, down / GATE_STEP = budget / step
+    cap: int  # the saved budget's limit (MACs)
+
+
+def make_gate(config: TrainConfig, budget: int, full: int) -> Gate | None:
+    step = int(math.floor(config.min_step_budget * full))
+    if config.policy != "dynamic" or budget >= step:
+        return None
+    # the threshold settles where a fraction budget / step of the samples reach it (its rises and falls balance)
+    down = (2 * GATE_STEP * budget + step) // (2 * step)
+    return Gate(step, GATE_STEP - down, down, min(GATE_SAVE * step, 2**31 - 1 - budget))
+
+
+@dataclass
 class Program:
     graph_name: str
     config: TrainConfig
@@ -278,6 +306,12 @@ class Program:
     budget_macs: int
     full_macs: int  # backward MACs of a full update (weight gradients + error propagation)
     forward_macs: int
+    gate: Gate | None = None  # dynamic policy below min_step_budget: loss-gated steps
+
+    @property
+    def step_macs(self) -> int:
+        """The budget one step's plan spends (a gated step's is larger than the average, budget_macs)."""
+        return self.gate.step_macs if self.gate is not None else self.budget_macs
 
     @property
     def num_layers(self) -> int:
@@ -461,7 +495,7 @@ def build_program(graph: Graph, config: TrainConfig) -> Program:
     if full >= 2**31:
         raise GraphError("the model is too large for the training kernels' int32 cost bookkeeping")
     return Program(graph.name, config, graph.inputs[0], out, logits, softmax_final, num_classes, c_out,
-                   layers, backward, errors, budget, full, fwd)
+                   layers, backward, errors, budget, full, fwd, make_gate(config, budget, full))
 
 
 def _no_overlap(n: Node) -> bool:

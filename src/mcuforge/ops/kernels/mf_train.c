@@ -382,6 +382,25 @@ void mf_t_select(const int32_t *imp, int32_t O, int32_t n, uint8_t *sel, int32_t
     }
 }
 
+/* Loss-gated steps: whether this sample gets a backward pass (returns 1) or skips it. The L1 norm of
+ * its loss gradient g (log2, Q16) reaches the threshold state[0] or not; the threshold then rises by up or
+ * falls by down (not below 0), settling where about budget / step_budget of the samples reach it.
+ * state[1] saves budget MACs per step (at most cap); a sample that reached the threshold gets a step
+ * when the saved budget covers step_budget. */
+int32_t mf_t_gate(const int32_t *g, int32_t n, int32_t *state, int32_t budget, int32_t step_budget, int32_t cap,
+                  int32_t up, int32_t down) {
+    int64_t s = 0;
+    int32_t i, want;
+    for (i = 0; i < n; ++i) s += g[i] < 0 ? -(int64_t)g[i] : (int64_t)g[i];
+    if (s > INT32_MAX) s = INT32_MAX;
+    want = s > 0 && mf_t_ilog2_q8((int32_t)s) * 256 >= state[0];
+    state[0] = want ? state[0] + up : MF_MAX(state[0] - down, 0);
+    state[1] = MF_MIN(state[1] + budget, cap);
+    if (!want || state[1] < step_budget) return 0;
+    state[1] -= step_budget;
+    return 1;
+}
+
 /* Fractional knapsack over the layers (0 = nearest the loss) in order of importance estimate minus the
  * static penalty of the propagation to reach them: each gets as many channels as the MAC budget has left
  * after the error propagation down to the deepest layer chosen so far. Returns the deepest visited layer;

@@ -93,6 +93,8 @@ int32_t mf_t_abs_sum(const int8_t *x, int32_t n, int32_t offset);
 int32_t mf_t_importance(const int32_t *abs_sum, int32_t O, int32_t sx, const int32_t *imp_c, int32_t xexp,
                         int32_t *imp);
 void mf_t_select(const int32_t *imp, int32_t O, int32_t n, uint8_t *sel, int32_t bias_all);
+int32_t mf_t_gate(const int32_t *g, int32_t n, int32_t *state, int32_t budget, int32_t step_budget, int32_t cap,
+                  int32_t up, int32_t down);
 int32_t mf_t_plan(int32_t J, const int32_t *est, const int32_t *pen, const int32_t *prop, const int32_t *cwc,
                   const int32_t *O, int32_t budget, int32_t *taken, int32_t *order);
 
