@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -63,3 +65,15 @@ def run_mcuforge(capsys, *args) -> tuple[int, str, str]:
         sys.argv = old
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def arm_toolchain_cache():
+    """The ARM toolchain and QEMU must be there (CI installs them: no skipping), and firmware builds of
+    the module go to a cache of their own (fresh kernels, not another module's objects)."""
+    missing = [t for t in ("arm-none-eabi-gcc", "qemu-system-arm") if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: `make setup` installs them", pytrace=False)
+    with tempfile.TemporaryDirectory() as d, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MCUFORGE_CACHE", d)
+        yield

@@ -10,7 +10,6 @@ bit for bit. Plus the encodings, validation, serialization, flash accounting, th
 from __future__ import annotations
 
 import re
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -35,14 +34,7 @@ M4, M0 = get_target("cortex-m4"), get_target("cortex-m0plus")
 FORMATS = ("packed4", "packed2", "codebook16", "codebook3", "sparse")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _private_cache():
-    missing = [t for t in ("arm-none-eabi-gcc", "qemu-system-arm") if shutil.which(t) is None]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} not installed: `make setup` installs them", pytrace=False)
-    with tempfile.TemporaryDirectory() as d, pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MCUFORGE_CACHE", d)
-        yield
+pytestmark = pytest.mark.usefixtures("arm_toolchain_cache")
 
 
 def _conv(b, rng, shape, o, k, groups=1, stride=(1, 1), dil=(1, 1), pads=None, act=False):

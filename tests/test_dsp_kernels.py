@@ -11,7 +11,6 @@ and the fused clamps are exercised; the tests check that they were.
 from __future__ import annotations
 
 import re
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -30,14 +29,7 @@ from _graphs import Builder, perturb_quant, quantize_random, random_int8_inputs
 M4 = get_target("cortex-m4")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _private_cache():
-    missing = [t for t in ("arm-none-eabi-gcc", "qemu-system-arm") if shutil.which(t) is None]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} not installed: `make setup` installs them", pytrace=False)
-    with tempfile.TemporaryDirectory() as d, pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MCUFORGE_CACHE", d)
-        yield
+pytestmark = pytest.mark.usefixtures("arm_toolchain_cache")
 
 
 def _compare(q, want, got, where):

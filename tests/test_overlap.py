@@ -15,7 +15,6 @@ start before the input it is the last reader of, and share bytes with it.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -36,14 +35,7 @@ M4, M0P = get_target("cortex-m4"), get_target("cortex-m0plus")
 TAKE_ALL = {"choose_overlaps": False}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _private_cache():
-    missing = [t for t in ("arm-none-eabi-gcc", "qemu-system-arm") if shutil.which(t) is None]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} not installed: `make setup` installs them", pytrace=False)
-    with tempfile.TemporaryDirectory() as d, pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MCUFORGE_CACHE", d)
-        yield
+pytestmark = pytest.mark.usefixtures("arm_toolchain_cache")
 
 
 # --- the kernels' loop orders, as in their C sources ------------------------------------------------
