@@ -376,10 +376,9 @@ def bench(
         console.print(table)
     console.print(f"[dim]{CYCLE_NOTE}.[/]")
     if json_out is not None:
-        try:
-            json_out.write_text(json.dumps(result, indent=1))
-        except OSError as exc:
-            raise InputError(f"cannot write '{json_out}': {exc.strerror or exc}") from None
+        from .outdir import write_json_file
+
+        write_json_file(json_out, result)
         console.print(f"[green]wrote[/] {json_out}")
 
 

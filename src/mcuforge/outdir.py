@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import OutputDirError
+from .errors import InputError, OutputDirError
 
 MARKER = ".mcuforge"
 
@@ -53,3 +53,13 @@ def staged_output_dir(path: str | Path) -> Iterator[Path]:
         if isinstance(exc, OSError):
             raise OutputDirError(f"cannot write output directory '{dest}': {exc}") from None
         raise
+
+
+def write_json_file(path: str | Path, obj) -> None:
+    """A results file the user asked for (--json): a clear error if it cannot be written."""
+    import json
+
+    try:
+        Path(path).write_text(json.dumps(obj, indent=1, default=str))
+    except OSError as exc:
+        raise InputError(f"cannot write '{path}': {exc.strerror or exc}") from None

@@ -160,6 +160,13 @@ def pareto_plot(study, objectives: Sequence[Objective], path: Path, x: str, y: s
     ax.set_title(title or study.study_name)
     ax.grid(alpha=0.3)
     ax.legend()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write (making the folder) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -82,9 +82,6 @@ def chart(sens: dict, path: Path, metric: str, title: str = "") -> Path:
     bx.invert_yaxis()
     bx.set_xlabel("sensitivity (mean relative metric loss)")
     fig.suptitle(title or "layer sensitivity")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    from ..study import save_figure
+
+    return save_figure(fig, path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -139,10 +138,9 @@ def bench_eenn(lib: Path, target: str | None, ram, flash, x: np.ndarray | None, 
                           f"{e['decision_overhead']:,.0f}", f"{e['time_ms']:.3f} ms", str(e["stack_bytes"]))
         console.print(exits)
     if json_out is not None:
-        try:
-            json_out.write_text(json.dumps(result, indent=1))
-        except OSError as exc:
-            raise InputError(f"cannot write '{json_out}': {exc.strerror or exc}") from None
+        from ..outdir import write_json_file
+
+        write_json_file(json_out, result)
         console.print(f"[green]wrote[/] {json_out}")
     return result
 

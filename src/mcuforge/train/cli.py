@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -155,10 +154,9 @@ def run_train_on_device(lib: Path, data: Path, labels: Path | None, target: str,
                                   target=None if tgt.is_generic else tgt)
         console.print(f"[green]wrote[/] {save_lib}/ (the library with the adapted weights; it can keep training)")
     if json_out is not None:
-        try:
-            json_out.write_text(json.dumps(result, indent=1))
-        except OSError as exc:
-            raise InputError(f"cannot write '{json_out}': {exc.strerror or exc}") from None
+        from ..outdir import write_json_file
+
+        write_json_file(json_out, result)
     return result
 
 
