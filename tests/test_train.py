@@ -382,7 +382,8 @@ def test_cli_deploy_train_and_train_on_device(small_q, tmp_path):
     r = runner.invoke(app, ["deploy", str(tmp_path / "m.mcf"), "-o", str(lib), "--train", "--budget", "0.5",
                             "--lr", "0.02", "--name", "net"])
     assert r.exit_code == 0, r.output
-    assert "training memory" in r.output
+    assert "training memory" in r.output and "budget 0.5 of the backward MACs" in r.output
+    assert "loss-gated" not in r.output                    # 0.5 is above the minimum step budget
     x, y = _data(small_q, 40, 4)
     np.savez(tmp_path / "d.npz", x=x.transpose(0, 3, 1, 2) if small_q.meta.get("io") else x, y=y)
     out = []

@@ -174,10 +174,22 @@ RAM_LABELS = {
 }
 
 
+def policy_text(tr: dict) -> str:
+    """What a training library updates per step, in words (report.json's train section)."""
+    text = f"{tr['policy']} update of {len(tr['layers'])} layers"
+    cfg = tr.get("config", {})
+    if tr["policy"] == "dynamic" and cfg.get("budget") is not None:
+        text += f", budget {cfg['budget']:g} of the backward MACs"
+        if cfg["budget"] < cfg.get("min_step_budget", 0):
+            text += (f" spent in loss-gated steps of {cfg['min_step_budget']:g} on the samples with the largest "
+                     f"loss")
+    return text
+
+
 def training_memory_table(report: dict) -> Table:
     tr = report["train"]
     mem = tr["memory"]
-    table = Table(title=f"training memory ({tr['policy']} update of {len(tr['layers'])} layers)", header_style="bold")
+    table = Table(title=f"training memory ({policy_text(tr)})", header_style="bold")
     table.add_column("RAM")
     table.add_column("bytes", justify="right")
     for k, label in RAM_LABELS.items():
