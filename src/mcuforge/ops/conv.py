@@ -20,7 +20,7 @@ from ..quant.fixedpoint import multiply_by_quantized_multiplier, quantize_multip
 from .base import (OpDef, apply_float_activation, conv_out_size, quantized_activation_range,
                    require_attrs, t_in, t_out)
 from .overlap import largest_safe_shift, last_pixel_reader
-from .weight_storage import emit_portable, is_compressed
+from .weight_storage import portable_weights
 
 
 def conv2d_nhwc(x: np.ndarray, w: np.ndarray, stride, dilation, pads, groups: int) -> np.ndarray:
@@ -159,8 +159,6 @@ class Conv2D(OpDef):
             code = emit_conv2d(self, node, graph, ctx)
             if code:
                 return code
-        if is_compressed(node):
-            return emit_portable(self, node, graph, ctx)
         x, w, y = t_in(graph, node, 0), t_in(graph, node, 1), t_out(graph, node)
         a = node.attrs
         mult, shift, (lo, hi) = self.requant(node, graph)
@@ -175,7 +173,8 @@ class Conv2D(OpDef):
             f"{a['dilation'][0]}, {a['dilation'][1]}, {a['pads'][0]}, {a['pads'][2]}, {a['groups']},\n"
             f"  {-x.quant.zp}, {y.quant.zp}, {lo}, {hi}, {m_id}, {s_id}\n}};"
         )
-        return f"mf_conv2d_s8(&{p}, {ctx.buf(node.inputs[0])}, {ctx.const(node.inputs[1])}, {bias}, {ctx.buf(node.outputs[0])});"
+        kernel, weights = portable_weights(node, graph, ctx, "mf_conv2d_s8")
+        return f"{kernel}(&{p}, {ctx.buf(node.inputs[0])}, {weights}, {bias}, {ctx.buf(node.outputs[0])});"
 
 
 def quantize_weight_and_bias(node: Node, graph: Graph, per_channel: bool, qmax: int = 127) -> None:

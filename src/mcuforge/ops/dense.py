@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import GraphError
 from .base import OpDef, apply_float_activation, t_in, t_out
 from .conv import Conv2D, quantize_weight_and_bias
-from .weight_storage import emit_portable, is_compressed
+from .weight_storage import portable_weights
 
 
 class FullyConnected(OpDef):
@@ -59,8 +59,6 @@ class FullyConnected(OpDef):
             code = emit_fc(self, node, graph, ctx)
             if code:
                 return code
-        if is_compressed(node):
-            return emit_portable(self, node, graph, ctx)
         x, w, y = t_in(graph, node, 0), t_in(graph, node, 1), t_out(graph, node)
         mult, shift, (lo, hi) = self.requant(node, graph)
         p = ctx.ident(node.name + "_p")
@@ -70,4 +68,5 @@ class FullyConnected(OpDef):
         rows = int(np.prod(x.shape[:-1]))
         ctx.decl(f"static const mf_fc_params {p} = {{ {rows}, {w.shape[1]}, {w.shape[0]}, "
                  f"{-x.quant.zp}, {y.quant.zp}, {lo}, {hi}, {m_id}, {s_id} }};")
-        return f"mf_fc_s8(&{p}, {ctx.buf(node.inputs[0])}, {ctx.const(node.inputs[1])}, {bias}, {ctx.buf(node.outputs[0])});"
+        kernel, weights = portable_weights(node, graph, ctx, "mf_fc_s8")
+        return f"{kernel}(&{p}, {ctx.buf(node.inputs[0])}, {weights}, {bias}, {ctx.buf(node.outputs[0])});"

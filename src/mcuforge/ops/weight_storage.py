@@ -194,6 +194,14 @@ def stored_weight_bytes(node: Node, graph: Graph) -> int:
 HEADER, SOURCE = "mf_wstore.h", "mf_wstore.c"
 
 
+def portable_weights(node: Node, graph: Graph, ctx, kernel: str) -> tuple[str, str]:
+    """(kernel, weights argument) of a conv2d / fully_connected layer on the portable kernels: the
+    compressed layers read an mf_wstore record (decoding per weight) with the `_ws` kernel variant."""
+    if is_compressed(node):
+        return kernel.replace("_s8", "_ws_s8"), "&" + emit_wstore(node, graph, ctx)
+    return kernel, ctx.const(node.inputs[1])
+
+
 def emit_wstore(node: Node, graph: Graph, ctx) -> str:
     """Emit the layer's encoded arrays and its mf_wstore descriptor; returns the descriptor's name."""
     enc = encode_weights(node, graph)
@@ -217,30 +225,3 @@ def emit_dsp_decode(node: Node, graph: Graph, ctx, scratch: str, k: int, og: int
     ws = emit_wstore(node, graph, ctx)
     o = graph.tensors[node.inputs[1]].shape[0]
     return f"mf_wdecode_arranged(&{ws}, (int8_t *){scratch}, {nbytes}, {o}, {k}, {og}, {lanes}, {chunks});"
-
-
-def emit_portable(op, node: Node, graph: Graph, ctx) -> str:
-    """A compressed conv2d / fully_connected layer on the portable kernels (decode per weight)."""
-    from .base import t_in, t_out
-
-    x, w, y = t_in(graph, node, 0), t_in(graph, node, 1), t_out(graph, node)
-    mult, shift, (lo, hi) = op.requant(node, graph)
-    p = ctx.ident(node.name + "_p")
-    m_id = ctx.array(node.name + "_mult", mult, "int32_t")
-    s_id = ctx.array(node.name + "_shift", shift, "int32_t")
-    bias = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else "NULL"
-    ws = emit_wstore(node, graph, ctx)
-    if node.op == "fully_connected":
-        rows = int(np.prod(x.shape[:-1]))
-        ctx.decl(f"static const mf_fc_params {p} = {{ {rows}, {w.shape[1]}, {w.shape[0]}, "
-                 f"{-x.quant.zp}, {y.quant.zp}, {lo}, {hi}, {m_id}, {s_id} }};")
-        return f"mf_fc_ws_s8(&{p}, {ctx.buf(node.inputs[0])}, &{ws}, {bias}, {ctx.buf(node.outputs[0])});"
-    a = node.attrs
-    ctx.decl(
-        f"static const mf_conv_params {p} = {{\n"
-        f"  {x.shape[1]}, {x.shape[2]}, {x.shape[3]}, {y.shape[1]}, {y.shape[2]}, {y.shape[3]},\n"
-        f"  {w.shape[1]}, {w.shape[2]}, {a['stride'][0]}, {a['stride'][1]}, "
-        f"{a['dilation'][0]}, {a['dilation'][1]}, {a['pads'][0]}, {a['pads'][2]}, {a['groups']},\n"
-        f"  {-x.quant.zp}, {y.quant.zp}, {lo}, {hi}, {m_id}, {s_id}\n}};"
-    )
-    return f"mf_conv2d_ws_s8(&{p}, {ctx.buf(node.inputs[0])}, &{ws}, {bias}, {ctx.buf(node.outputs[0])});"
