@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import reference
 from ..errors import InputError, ToolchainError
+from ..targets.host import run_executable
 from .codegen import NETWORK_DIR
 from .decisions import KINDS, Decision, Outcome, simulate, u_from_int8
 from .network import EarlyExitNetwork, EennError
@@ -160,15 +161,7 @@ def run_stream_host(lib_dir: str | Path, x: np.ndarray, decision: Decision | Non
         tmp = Path(tmp)
         (tmp / "mf_eenn_cfg.bin").write_bytes(_config(report, decision, mode))
         np.ascontiguousarray(x).tofile(tmp / "mf_in.bin")
-        env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
-        try:
-            proc = subprocess.run([str(exe)], cwd=tmp, capture_output=True, text=True, timeout=timeout, env=env)
-        except subprocess.TimeoutExpired:
-            raise ToolchainError(f"host early-exit run timed out after {timeout} s") from None
-        if proc.returncode != 0:
-            raise ToolchainError(f"host early-exit run failed (exit {proc.returncode}):\n{proc.stderr.strip()[-4000:]}")
-        if sanitize and proc.stderr.strip():
-            raise ToolchainError(f"sanitizer reported problems:\n{proc.stderr.strip()[-4000:]}")
+        proc = run_executable([str(exe)], tmp, "host early-exit run", sanitize, timeout)
         return _results(report, tmp, n, mode, proc.stdout, "host")
 
 
@@ -361,10 +354,7 @@ def run_chain_host(out_dir: str | Path, x: np.ndarray, decision: Decision | None
         tmp = Path(tmp)
         (tmp / "mf_eenn_cfg.bin").write_bytes(_config(first, decision, DECIDE))
         np.ascontiguousarray(x).tofile(tmp / "mf_in.bin")
-        env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
-        proc = subprocess.run([str(exe)], cwd=tmp, capture_output=True, text=True, timeout=timeout, env=env)
-        if proc.returncode != 0 or (sanitize and proc.stderr.strip()):
-            raise ToolchainError(f"host device chain failed (exit {proc.returncode}):\n{proc.stderr.strip()[-4000:]}")
+        run_executable([str(exe)], tmp, "host device chain", sanitize, timeout)
         links = len(dev_dirs) - 1
         rec = np.fromfile(tmp / "mf_chain_out.bin", "<i4")
         if rec.size != n * (3 + links):

@@ -124,6 +124,21 @@ def build_runner(lib_dir: str | Path, sanitize: bool = False) -> Path:
                              "runner")
 
 
+def run_executable(cmd: list[str], cwd, what: str, sanitize: bool, timeout: float) -> subprocess.CompletedProcess:
+    """Run a compiled host runner (ASan/UBSan options set, leaks ignored); a timeout, a non-zero exit or,
+    in a sanitizer build, any report on stderr is a ToolchainError naming ``what``."""
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise ToolchainError(f"{what} timed out after {timeout} s") from None
+    if proc.returncode != 0:
+        raise ToolchainError(f"{what} failed (exit {proc.returncode}):\n{proc.stderr.strip()[-4000:]}")
+    if sanitize and proc.stderr.strip():
+        raise ToolchainError(f"sanitizer reported problems:\n{proc.stderr.strip()[-4000:]}")
+    return proc
+
+
 def run_host(lib_dir: str | Path, inputs: list[np.ndarray], sanitize: bool = False,
              timeout: float = 600) -> list[np.ndarray]:
     """Run int8 inputs (each [N, ...]) through the compiled library; returns int8 outputs [N, ...]."""
@@ -134,14 +149,5 @@ def run_host(lib_dir: str | Path, inputs: list[np.ndarray], sanitize: bool = Fal
     with tempfile.TemporaryDirectory() as tmp:
         fin, fout = Path(tmp) / "in.bin", Path(tmp) / "out.bin"
         write_inputs(inputs, fin)
-        env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
-        try:
-            proc = subprocess.run([str(exe), str(fin), str(fout), str(n)], capture_output=True, text=True,
-                                  timeout=timeout, env=env)
-        except subprocess.TimeoutExpired:
-            raise ToolchainError(f"host run timed out after {timeout} s") from None
-        if proc.returncode != 0:
-            raise ToolchainError(f"host run failed (exit {proc.returncode}):\n{proc.stderr.strip()[-4000:]}")
-        if sanitize and proc.stderr.strip():
-            raise ToolchainError(f"sanitizer reported problems:\n{proc.stderr.strip()[-4000:]}")
+        run_executable([str(exe), str(fin), str(fout), str(n)], None, "host run", sanitize, timeout)
         return read_outputs(report, fout, n, "host runner")

@@ -7,7 +7,6 @@ Every runner returns a TrainRun: the prediction before each step, the trained pa
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import tempfile
@@ -19,6 +18,7 @@ import numpy as np
 
 from ..codegen.emit import load_report
 from ..errors import InputError, ToolchainError
+from ..targets.host import run_executable
 from ..ir.graph import Graph, QuantParams
 from ..runner import load_library
 from .program import TrainConfig
@@ -198,16 +198,8 @@ def run_train_host(lib_dir: str | Path, x: np.ndarray, labels: np.ndarray, dump_
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         _files(tmp, report, x, labels, dump_every)
-        env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
         t0 = time.perf_counter()
-        try:
-            proc = subprocess.run([str(exe)], cwd=tmp, capture_output=True, text=True, timeout=timeout, env=env)
-        except subprocess.TimeoutExpired:
-            raise ToolchainError(f"host training run timed out after {timeout} s") from None
-        if proc.returncode != 0:
-            raise ToolchainError(f"host training run failed (exit {proc.returncode}):\n{proc.stderr.strip()[-4000:]}")
-        if sanitize and proc.stderr.strip():
-            raise ToolchainError(f"sanitizer reported problems:\n{proc.stderr.strip()[-4000:]}")
+        proc = run_executable([str(exe)], tmp, "host training run", sanitize, timeout)
         run = _results(tmp, report, n, proc.stdout, "host")
         run.seconds = time.perf_counter() - t0
         return run
